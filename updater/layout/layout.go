@@ -113,6 +113,9 @@ const (
 	CmdlineFSType = "berth.fstype"
 	// CmdlineOnFail is what the initrd does on failure: reboot, shell or halt.
 	CmdlineOnFail = "berth.onfail"
+	// CmdlineRootWait is how many seconds the initrd waits for the slot
+	// partition to appear before it fails.
+	CmdlineRootWait = "berth.rootwait"
 )
 
 // State partition layout, relative to the state filesystem's root, which

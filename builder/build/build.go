@@ -1,0 +1,352 @@
+// Package build runs the whole image build: base root, customisation,
+// initrd, slot filesystem, ESP, disk image and qcow2. Everything is made in
+// a work directory inside the output directory and renamed into place only
+// when complete, so an interrupted or failed build leaves nothing behind.
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/berth-os/berth/builder/disk"
+	"github.com/berth-os/berth/builder/esp"
+	"github.com/berth-os/berth/builder/initrd"
+	"github.com/berth-os/berth/builder/progress"
+	"github.com/berth-os/berth/builder/rootfs"
+	"github.com/berth-os/berth/builder/slotfs"
+	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/layout"
+)
+
+// Options of one build.
+type Options struct {
+	OutDir     string
+	CacheDir   string
+	InitBinary string // the static /init program of the initrd
+	NoQcow2    bool
+	Log        *slog.Logger
+}
+
+// Result names the files a build produced and what it measured.
+type Result struct {
+	Raw, Qcow2, ManifestPath string
+	Manifest                 Manifest
+}
+
+// Manifest describes a built image; it is written beside the image.
+type Manifest struct {
+	Name          string            `json:"name"`
+	Version       string            `json:"version"`
+	Kernel        string            `json:"kernel"`
+	BaseKey       string            `json:"base_key"`
+	SlotBytes     int64             `json:"slot_bytes"`
+	SlotPartBytes int64             `json:"slot_partition_bytes"`
+	InitrdBytes   int64             `json:"initrd_bytes"`
+	DiskBytes     int64             `json:"disk_bytes"`
+	SHA256        map[string]string `json:"sha256"`
+	Seconds       map[string]string `json:"seconds"`
+}
+
+// Preflight checks what the build needs before any work starts, so that
+// a build that cannot finish fails in its first second.
+func Preflight(s *spec.Spec, o Options, cachedBase bool) error {
+	if os.Geteuid() != 0 {
+		return errors.New("building an image needs root (it sets file owners, setuid bits and device nodes in the OS tree): run it with sudo")
+	}
+	tools := map[string]string{"mksquashfs": "squashfs-tools"}
+	if !o.NoQcow2 {
+		tools["qemu-img"] = "qemu-utils"
+	}
+	if s.Base.Debian != nil && !cachedBase {
+		tools["mmdebstrap"] = "mmdebstrap"
+	}
+	if len(s.Units.Enable)+len(s.Units.Disable)+len(s.Units.Mask) > 0 {
+		tools["systemctl"] = "systemd"
+	}
+	for _, t := range sortedKeys(tools) {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Errorf("%s not found: install the %s package (make deps)", t, tools[t])
+		}
+	}
+	if fi, err := os.Stat(o.InitBinary); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("initrd program %s not found: run make build, or pass --init PATH", o.InitBinary)
+	}
+	return nil
+}
+
+// Run builds the image described by s.
+func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = rootfs.DefaultCacheDir
+	}
+	_, statErr := os.Stat(filepath.Join(o.CacheDir, "base", s.BaseKey()+".tar"))
+	if err := Preflight(s, o, statErr == nil); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("output directory %s: %w; choose another with -o", o.OutDir, err)
+	}
+	work, err := os.MkdirTemp(o.OutDir, ".berth-build-")
+	if err != nil {
+		return nil, fmt.Errorf("output directory %s is not writable: %w; choose another with -o", o.OutDir, err)
+	}
+	defer os.RemoveAll(work)
+
+	prog := progress.New(log)
+	defer prog.Done()
+	epoch := time.Unix(s.Epoch, 0).UTC()
+	m := Manifest{Name: s.Name, Version: s.Version, BaseKey: s.BaseKey(), SHA256: map[string]string{}, Seconds: map[string]string{}}
+	timed := func(name string, start time.Time) { m.Seconds[name] = fmt.Sprintf("%.1f", time.Since(start).Seconds()) }
+
+	// 1. Base root.
+	t := time.Now()
+	prog.Step("base root", "spec", s.Path)
+	baseTar, cached, err := rootfs.BaseTar(ctx, s, o.CacheDir, log)
+	if err != nil {
+		return nil, err
+	}
+	if rootfs.IsTemporary(baseTar) {
+		defer os.Remove(baseTar)
+	}
+	log.Info("base root ready", "tar", baseTar, "cached", cached)
+	root := filepath.Join(work, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return nil, err
+	}
+	prog.Step("unpacking base root")
+	if err := rootfs.ApplyLayerFile(root, baseTar); err != nil {
+		return nil, fmt.Errorf("unpack base root: %w", err)
+	}
+	for i, l := range s.Layers {
+		prog.Step(fmt.Sprintf("applying layer %d", i+1))
+		if l.Tar != "" {
+			err = rootfs.ApplyLayerFile(root, l.Tar)
+		} else {
+			err = rootfs.ApplyImageLayers(ctx, root, l.OCI, s.Dir)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: layers[%d]: %w", s.Path, i, err)
+		}
+	}
+	timed("base", t)
+
+	// 2. Customise.
+	t = time.Now()
+	prog.Step("customising the OS tree")
+	if err := rootfs.AddFiles(root, s); err != nil {
+		return nil, err
+	}
+	if err := rootfs.ApplyUnits(ctx, root, s); err != nil {
+		return nil, err
+	}
+	if err := rootfs.WriteOSRelease(root, s); err != nil {
+		return nil, err
+	}
+	if err := rootfs.WritePackageList(root); err != nil {
+		return nil, fmt.Errorf("package list: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, layout.KeysDir), 0o755); err != nil {
+		return nil, err
+	}
+	kernel, err := rootfs.FindKernel(root)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Path, err)
+	}
+	m.Kernel = kernel.Version
+	kernelImage, err := os.ReadFile(kernel.Image)
+	if err != nil {
+		return nil, err
+	}
+	bootLoader, err := rootfs.ReadBootLoader(root)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Path, err)
+	}
+	var shell string
+	if s.Initrd.OnFail == "shell" {
+		shell = filepath.Join(root, "bin/busybox")
+		if _, err := os.Stat(shell); err != nil {
+			return nil, fmt.Errorf("%s: initrd.onfail is shell but the root has no /bin/busybox: add busybox-static to base.debian.packages", s.Path)
+		}
+	}
+	freed, err := rootfs.Trim(root, s.Trim.Paths, s.Trim.KeepLocales)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("trimmed the OS tree", "freed_mib", freed>>20)
+	if err := rootfs.PrepareReadOnly(root); err != nil {
+		return nil, fmt.Errorf("prepare read-only root: %w", err)
+	}
+	timed("customise", t)
+
+	// 3. initrd, from the root's own modules.
+	t = time.Now()
+	prog.Step("building the initrd")
+	var initrdBuf bytes.Buffer
+	if _, err := initrd.Build(&initrdBuf, initrd.Options{
+		InitBinary: o.InitBinary, Root: root, KernelVersion: kernel.Version,
+		Modules: s.Initrd.Modules, OnFail: s.Initrd.OnFail, Shell: shell, Epoch: epoch,
+	}); err != nil {
+		return nil, fmt.Errorf("%s: initrd: %w", s.Path, err)
+	}
+	m.InitrdBytes = int64(initrdBuf.Len())
+	timed("initrd", t)
+
+	// 4. Slot filesystem.
+	t = time.Now()
+	prog.Step("building the slot filesystem", "compression", s.Slot.Compression)
+	slotImg := filepath.Join(work, "slot.squashfs")
+	if err := slotfs.Build(ctx, root, slotImg, slotfs.Options{
+		Compression: s.Slot.Compression, Level: s.Slot.Level, Epoch: s.Epoch, Progress: prog.Percent,
+	}); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(slotImg)
+	if err != nil {
+		return nil, err
+	}
+	m.SlotBytes, m.SlotPartBytes = fi.Size(), s.Partitions.Slot
+	if fi.Size() > s.Partitions.Slot {
+		return nil, fmt.Errorf("%s: partitions.slot: slot needs %d MiB, spec gives %d MiB; raise partitions.slot or trim the image",
+			s.Path, (fi.Size()+(1<<20)-1)>>20, s.Partitions.Slot>>20)
+	}
+	// The OS tree is no longer needed; free its space before the disk is written.
+	if err := os.RemoveAll(root); err != nil {
+		return nil, err
+	}
+	timed("slot", t)
+
+	// 5. ESP and disk.
+	t = time.Now()
+	prog.Step("writing the disk image")
+	guid := func(what string) string { return layout.GUID(s.Name, s.Version, what) }
+	partGUIDs := [4]string{guid("esp"), guid("slot-a"), guid("slot-b"), guid("state")}
+	espFiles, err := esp.Files(esp.Input{
+		OSName: s.Name, Version: s.Version, BootLoader: bootLoader,
+		Kernel: kernelImage, Initrd: initrdBuf.Bytes(), SlotPartUUID: partGUIDs[1],
+		Cmdline: s.Kernel.Cmdline, Timeout: s.Boot.Timeout, Tries: s.Boot.Tries,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var files []disk.File
+	for _, f := range espFiles {
+		files = append(files, disk.File{Path: f.Path, Data: f.Data})
+	}
+	ds := disk.Spec{
+		DiskGUID: guid("disk"), ESPSize: s.Partitions.ESP, SlotSize: s.Partitions.Slot, StateSize: s.Partitions.State,
+		ESPFiles: files, SlotA: slotImg, PartGUIDs: partGUIDs, Epoch: epoch, StateUUID: guid("state-fs"),
+	}
+	base := fmt.Sprintf("%s-%s", s.Name, s.Version)
+	rawTmp := filepath.Join(work, base+".raw")
+	if err := disk.Write(rawTmp, ds, prog.Bytes); err != nil {
+		return nil, fmt.Errorf("write disk image: %w", err)
+	}
+	m.DiskBytes = disk.Size(ds)
+	timed("disk", t)
+
+	outputs := []string{rawTmp}
+	if !o.NoQcow2 {
+		t = time.Now()
+		prog.Step("converting to qcow2")
+		q := filepath.Join(work, base+".qcow2")
+		if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawTmp, q).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("qemu-img convert: %s", strings.TrimSpace(string(out)))
+		}
+		outputs = append(outputs, q)
+		timed("qcow2", t)
+	}
+	prog.Done()
+	for _, p := range outputs {
+		sum, err := fileSHA256(p)
+		if err != nil {
+			return nil, err
+		}
+		m.SHA256[filepath.Base(p)] = sum
+	}
+	mj, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	manifest := filepath.Join(work, base+".json")
+	if err := os.WriteFile(manifest, append(mj, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	outputs = append(outputs, manifest)
+
+	// 6. Publish: fsync each file, rename, fsync the directory.
+	res := &Result{Manifest: m}
+	for _, p := range outputs {
+		if err := syncFile(p); err != nil {
+			return nil, err
+		}
+		dst := filepath.Join(o.OutDir, filepath.Base(p))
+		if err := os.Rename(p, dst); err != nil {
+			return nil, fmt.Errorf("publish %s: %w", dst, err)
+		}
+		switch filepath.Ext(dst) {
+		case ".raw":
+			res.Raw = dst
+		case ".qcow2":
+			res.Qcow2 = dst
+		case ".json":
+			res.ManifestPath = dst
+		}
+	}
+	if err := syncDir(o.OutDir); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func syncFile(p string) error {
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func syncDir(p string) error {
+	d, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}

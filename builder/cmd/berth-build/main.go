@@ -1,0 +1,220 @@
+// Command berth-build turns an image spec into a bootable berth disk image.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/berth-os/berth/builder/build"
+	"github.com/berth-os/berth/builder/qemu"
+	"github.com/berth-os/berth/builder/rootfs"
+	"github.com/berth-os/berth/builder/spec"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "dev"
+
+const usage = `berth-build: build berth OS images
+
+Usage:
+  berth-build build SPEC [-o DIR] [--cache DIR] [--init PATH] [--no-qcow2]
+  berth-build check SPEC        validate a spec and print what it builds
+  berth-build run IMAGE [--fresh] [--net]
+  berth-build version
+
+Commands:
+  build     build the disk image (raw and qcow2) and its manifest from SPEC
+            (an image spec such as images/minimal.yaml). Needs root.
+  check     parse and validate SPEC only; no root needed.
+  run       boot IMAGE (a built .raw or .qcow2) in qemu with UEFI firmware and
+            the serial console on this terminal (Ctrl-A X quits). Changes go
+            to a copy-on-write overlay beside the image, kept between runs.
+
+Run "berth-build COMMAND --help" for a command's flags.
+Exit status: 0 success, 1 the build failed, 2 bad usage or bad spec.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "version", "--version":
+		fmt.Fprintln(stdout, "berth-build", version)
+		return 0
+	case "build":
+		return cmdBuild(args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "berth-build: unknown command %q; run berth-build --help\n", args[0])
+	return 2
+}
+
+func defaultInit() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "berth-init"
+	}
+	return filepath.Join(filepath.Dir(exe), "berth-init")
+}
+
+func cmdBuild(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("build", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "out", "output `directory` for the image files")
+	cache := fs.String("cache", rootfs.DefaultCacheDir, "cache `directory` for base roots (kept between builds)")
+	initBin := fs.String("init", defaultInit(), "the static initrd /init `program` (built by make build as bin/berth-init)")
+	noQcow2 := fs.Bool("no-qcow2", false, "write only the raw image")
+	verbose := fs.Bool("v", false, "debug logging")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: berth-build build SPEC [flags]\n\nBuilds NAME-VERSION.raw, NAME-VERSION.qcow2 and NAME-VERSION.json into the output directory.\nNothing is left in it when the build fails.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	specPath, err := parseWithOneArg(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build build: %v\n", err)
+		return 2
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	s, err := spec.Load(specPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2, Log: log})
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintln(stderr, "berth-build: interrupted; nothing was written")
+			return 1
+		}
+		fmt.Fprintf(stderr, "berth-build: %v\n", err)
+		return 1
+	}
+	m := res.Manifest
+	fmt.Fprintf(stdout, "built %s %s (kernel %s)\n", m.Name, m.Version, m.Kernel)
+	fmt.Fprintf(stdout, "  slot filesystem %.1f MiB of %d MiB, initrd %.1f MiB\n", float64(m.SlotBytes)/(1<<20), m.SlotPartBytes>>20, float64(m.InitrdBytes)/(1<<20))
+	fmt.Fprintf(stdout, "  %s\n", res.Raw)
+	if res.Qcow2 != "" {
+		fmt.Fprintf(stdout, "  %s\n", res.Qcow2)
+	}
+	fmt.Fprintf(stdout, "  %s\n", res.ManifestPath)
+	return 0
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: berth-build check SPEC\n\nValidates SPEC and prints what it would build.")
+	}
+	specPath, err := parseWithOneArg(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build check: %v\n", err)
+		return 2
+	}
+	s, err := spec.Load(specPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(stdout, "%s %s: ok (base key %s)\n", s.Name, s.Version, s.BaseKey()[:16])
+	return 0
+}
+
+// parseWithOneArg accepts flags before or after the single positional SPEC.
+func parseWithOneArg(fs *flag.FlagSet, args []string) (string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return "", err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != 1 {
+		return "", fmt.Errorf("want exactly one SPEC file, got %d; see --help", len(pos))
+	}
+	return pos[0], nil
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fresh := fs.Bool("fresh", false, "discard the overlay: boot as on first power-on")
+	mem := fs.Int("m", 1024, "guest memory in `MiB`")
+	net := fs.Bool("net", false, "attach a NIC on qemu's user-mode network")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: berth-build run IMAGE [flags]\n\nBoots IMAGE under qemu+OVMF with the serial console here (Ctrl-A X quits).\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	image, err := parseWithOneArg(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build run: %v\n", err)
+		return 2
+	}
+	stateDir := image + ".run"
+	if *fresh {
+		os.RemoveAll(stateDir)
+	}
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		fmt.Fprintf(stderr, "berth-build run: %v\n", err)
+		return 1
+	}
+	overlay := filepath.Join(stateDir, "disk.qcow2")
+	if _, err := os.Stat(overlay); err != nil {
+		if err := qemu.Overlay(image, overlay, 0); err != nil {
+			fmt.Fprintf(stderr, "berth-build run: %v\n", err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stdout, "booting %s (overlay %s; --fresh to start over; Ctrl-A X quits)\n", image, overlay)
+	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: overlay, MemoryMiB: *mem, StateDir: stateDir, Interactive: true, UserNet: *net})
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build run: %v\n", err)
+		return 1
+	}
+	if err := vm.Wait(365 * 24 * time.Hour); err != nil {
+		fmt.Fprintf(stderr, "berth-build run: qemu: %v\n", err)
+		return 1
+	}
+	return 0
+}

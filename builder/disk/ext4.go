@@ -1,0 +1,339 @@
+package disk
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem/ext4"
+	"github.com/google/uuid"
+
+	"github.com/berth-os/berth/updater/layout"
+)
+
+// writeState creates the empty ext4 of the state partition with go-diskfs,
+// then pins what go-diskfs takes from the clock and from crypto/rand.
+func writeState(d *disk.Disk, img io.ReaderAt, start, size int64, s Spec) error {
+	id, err := uuid.Parse(s.StateUUID)
+	if err != nil {
+		return fmt.Errorf("state filesystem UUID %q: %w", s.StateUUID, err)
+	}
+	if _, err := ext4.Create(d.Backend, size, start, sectorSize, &ext4.Params{UUID: &id, VolumeName: layout.LabelState}); err != nil {
+		return fmt.Errorf("create ext4: %w", err)
+	}
+	w, ok := img.(io.WriterAt)
+	if !ok {
+		return errors.New("disk image is not writable")
+	}
+	return pinExt4(io.NewSectionReader(img, start, size), io.NewOffsetWriter(w, start), s.Epoch, hashSeed(id))
+}
+
+// hashSeed derives the htree hash seed from the filesystem UUID: stable
+// across builds, different between filesystems.
+func hashSeed(id uuid.UUID) [16]byte {
+	h := sha256.Sum256(append([]byte("berth ext4 hash seed\x00"), id[:]...))
+	var seed [16]byte
+	copy(seed[:], h[:16])
+	return seed
+}
+
+// ext4 on-disk offsets (Documentation/filesystems/ext4 in the kernel).
+const (
+	ext4SuperblockOffset = 1024
+	ext4SuperblockSize   = 1024
+	ext4Magic            = 0xEF53
+
+	sbBlocksCountLo   = 0x04
+	sbFirstDataBlock  = 0x14
+	sbLogBlockSize    = 0x18
+	sbBlocksPerGroup  = 0x20
+	sbInodesPerGroup  = 0x28
+	sbMountTime       = 0x2C
+	sbWriteTime       = 0x30
+	sbMagic           = 0x38
+	sbLastCheck       = 0x40
+	sbFirstIno        = 0x54
+	sbInodeSize       = 0x58
+	sbFeatureCompat   = 0x5C
+	sbFeatureIncompat = 0x60
+	sbFeatureROCompat = 0x64
+	sbUUID            = 0x68
+	sbHashSeed        = 0xEC
+	sbDescSize        = 0xFE
+	sbMkfsTime        = 0x108
+	sbBlocksCountHi   = 0x150
+	sbBackupBGs       = 0x24C
+	sbChecksumSeed    = 0x270
+	sbWriteTimeHi     = 0x274
+	sbMountTimeHi     = 0x275
+	sbMkfsTimeHi      = 0x276
+	sbLastCheckHi     = 0x277
+	sbChecksum        = 0x3FC
+
+	compatSparseSuper2   = 0x200
+	incompat64Bit        = 0x80
+	incompatCsumSeed     = 0x2000
+	roCompatSparseSuper  = 0x1
+	roCompatMetadataCsum = 0x400
+
+	gdInodeTableLo = 0x08
+	gdInodeTableHi = 0x28
+
+	inodeMode        = 0x00
+	inodeAtime       = 0x08
+	inodeCtime       = 0x0C
+	inodeMtime       = 0x10
+	inodeLinks       = 0x1A
+	inodeGeneration  = 0x64
+	inodeChecksumLo  = 0x7C
+	inodeGoodOldSize = 0x80 // end of the base inode; i_extra_isize follows
+	inodeExtraIsize  = 0x80
+	inodeChecksumHi  = 0x82
+	inodeCtimeExtra  = 0x84
+	inodeMtimeExtra  = 0x88
+	inodeAtimeExtra  = 0x8C
+	inodeCrtime      = 0x90
+	inodeCrtimeExtra = 0x94
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crc32c is ext4's crc32c_le: seeded, without the final inversion.
+func crc32c(seed uint32, b []byte) uint32 { return ^crc32.Update(^seed, castagnoli, b) }
+
+// ext4Geometry is what pinExt4 needs from the superblock.
+type ext4Geometry struct {
+	blockSize      int64
+	firstDataBlock int64
+	blocksPerGroup int64
+	groups         int64
+	inodesPerGroup int64
+	inodeSize      int64
+	firstIno       int64
+	descSize       int64
+	compat         uint32
+	incompat       uint32
+	roCompat       uint32
+	backupBGs      [2]uint32
+}
+
+func parseExt4Superblock(sb []byte) (ext4Geometry, error) {
+	le32 := func(o int) uint32 { return binary.LittleEndian.Uint32(sb[o:]) }
+	le16 := func(o int) uint16 { return binary.LittleEndian.Uint16(sb[o:]) }
+	if le16(sbMagic) != ext4Magic {
+		return ext4Geometry{}, errors.New("no ext4 superblock magic")
+	}
+	g := ext4Geometry{
+		blockSize:      1024 << le32(sbLogBlockSize),
+		firstDataBlock: int64(le32(sbFirstDataBlock)),
+		blocksPerGroup: int64(le32(sbBlocksPerGroup)),
+		inodesPerGroup: int64(le32(sbInodesPerGroup)),
+		inodeSize:      int64(le16(sbInodeSize)),
+		firstIno:       int64(le32(sbFirstIno)),
+		descSize:       32,
+		compat:         le32(sbFeatureCompat),
+		incompat:       le32(sbFeatureIncompat),
+		roCompat:       le32(sbFeatureROCompat),
+		backupBGs:      [2]uint32{le32(sbBackupBGs), le32(sbBackupBGs + 4)},
+	}
+	blocks := int64(le32(sbBlocksCountLo))
+	if g.incompat&incompat64Bit != 0 {
+		blocks |= int64(le32(sbBlocksCountHi)) << 32
+		g.descSize = int64(le16(sbDescSize))
+	}
+	if g.blockSize > 65536 || g.blocksPerGroup == 0 || g.inodeSize < 128 || g.inodesPerGroup < g.firstIno || g.descSize < 32 {
+		return ext4Geometry{}, fmt.Errorf("implausible ext4 superblock (%+v)", g)
+	}
+	g.groups = (blocks - g.firstDataBlock + g.blocksPerGroup - 1) / g.blocksPerGroup
+	return g, nil
+}
+
+// hasSuperblock reports whether block group n carries a superblock copy.
+func (g ext4Geometry) hasSuperblock(n int64) bool {
+	switch {
+	case n == 0:
+		return true
+	case g.compat&compatSparseSuper2 != 0:
+		return n == int64(g.backupBGs[0]) || n == int64(g.backupBGs[1])
+	case g.roCompat&roCompatSparseSuper == 0:
+		return true
+	case n == 1:
+		return true
+	}
+	for _, base := range []int64{3, 5, 7} {
+		p := base
+		for p < n {
+			p *= base
+		}
+		if p == n {
+			return true
+		}
+	}
+	return false
+}
+
+// superblockOffset is the byte offset of group n's superblock copy.
+func (g ext4Geometry) superblockOffset(n int64) int64 {
+	if n == 0 {
+		return ext4SuperblockOffset
+	}
+	return (n*g.blocksPerGroup + g.firstDataBlock) * g.blockSize
+}
+
+// pinExt4 makes a fresh go-diskfs ext4 reproducible. go-diskfs v1.9.4 sets
+// the superblock times (mount time included) and the reserved inodes' times
+// to time.Now(), and draws the htree hash seed from crypto/rand, with no
+// parameter for either. On the partition (r and w address the same bytes)
+// this sets those times to epoch in every superblock copy and in the in-use
+// inodes of group 0 (the only inodes mkfs creates), sets the hash seed (no
+// directory is indexed yet, so nothing hashed with the old seed exists), and
+// recomputes the inode and superblock checksums the changes invalidate.
+func pinExt4(r io.ReaderAt, w io.WriterAt, epoch time.Time, seed [16]byte) error {
+	primary := make([]byte, ext4SuperblockSize)
+	if _, err := r.ReadAt(primary, ext4SuperblockOffset); err != nil {
+		return fmt.Errorf("read ext4 superblock: %w", err)
+	}
+	g, err := parseExt4Superblock(primary)
+	if err != nil {
+		return err
+	}
+	if err := pinInodes(r, w, g, primary, epoch); err != nil {
+		return err
+	}
+	sb := make([]byte, ext4SuperblockSize)
+	for n := int64(0); n < g.groups; n++ {
+		if !g.hasSuperblock(n) {
+			continue
+		}
+		off := g.superblockOffset(n)
+		if _, err := r.ReadAt(sb, off); err != nil {
+			return fmt.Errorf("read superblock copy of group %d: %w", n, err)
+		}
+		// go-diskfs leaves s_block_group_nr 0 in backups, so the copy is
+		// recognised by its magic and the filesystem's UUID.
+		if binary.LittleEndian.Uint16(sb[sbMagic:]) != ext4Magic || !bytes.Equal(sb[sbUUID:sbUUID+16], primary[sbUUID:sbUUID+16]) {
+			return fmt.Errorf("group %d has no superblock copy at byte %d", n, off)
+		}
+		pinSuperblock(sb, g, epoch, seed)
+		if _, err := w.WriteAt(sb, off); err != nil {
+			return fmt.Errorf("write superblock copy of group %d: %w", n, err)
+		}
+	}
+	return nil
+}
+
+func pinSuperblock(sb []byte, g ext4Geometry, epoch time.Time, seed [16]byte) {
+	sec := epoch.Unix()
+	for _, f := range []struct {
+		lo, hi int
+		t      int64
+	}{
+		// 0 is "never mounted", as mke2fs writes; go-diskfs claims a mount
+		// at creation time.
+		{sbMountTime, sbMountTimeHi, 0},
+		{sbWriteTime, sbWriteTimeHi, sec},
+		{sbLastCheck, sbLastCheckHi, sec},
+		{sbMkfsTime, sbMkfsTimeHi, sec},
+	} {
+		binary.LittleEndian.PutUint32(sb[f.lo:], uint32(f.t))
+		sb[f.hi] = byte(f.t >> 32)
+	}
+	copy(sb[sbHashSeed:sbHashSeed+16], seed[:])
+	if g.roCompat&roCompatMetadataCsum != 0 {
+		binary.LittleEndian.PutUint32(sb[sbChecksum:], crc32c(^uint32(0), sb[:sbChecksum]))
+	}
+}
+
+// pinInodes rewrites the times of in-use inodes 1..first_ino (the reserved
+// inodes and lost+found, all in group 0).
+func pinInodes(r io.ReaderAt, w io.WriterAt, g ext4Geometry, sb []byte, epoch time.Time) error {
+	gd := make([]byte, g.descSize)
+	if _, err := r.ReadAt(gd, (g.firstDataBlock+1)*g.blockSize); err != nil {
+		return fmt.Errorf("read group descriptor 0: %w", err)
+	}
+	table := int64(binary.LittleEndian.Uint32(gd[gdInodeTableLo:]))
+	if g.descSize >= 64 {
+		table |= int64(binary.LittleEndian.Uint32(gd[gdInodeTableHi:])) << 32
+	}
+	csumSeed := crc32c(^uint32(0), sb[sbUUID:sbUUID+16])
+	if g.incompat&incompatCsumSeed != 0 {
+		csumSeed = binary.LittleEndian.Uint32(sb[sbChecksumSeed:])
+	}
+	ino := make([]byte, g.inodeSize)
+	for n := int64(1); n <= g.firstIno; n++ {
+		off := table*g.blockSize + (n-1)*g.inodeSize
+		if _, err := r.ReadAt(ino, off); err != nil {
+			return fmt.Errorf("read inode %d: %w", n, err)
+		}
+		if binary.LittleEndian.Uint16(ino[inodeMode:]) == 0 && binary.LittleEndian.Uint16(ino[inodeLinks:]) == 0 {
+			continue // never allocated
+		}
+		pinInodeTimes(ino, epoch)
+		setInodeChecksum(ino, uint32(n), csumSeed)
+		if _, err := w.WriteAt(ino, off); err != nil {
+			return fmt.Errorf("write inode %d: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// inodeExtra returns i_extra_isize, or 0 for 128-byte inodes.
+func inodeExtra(ino []byte) int {
+	if len(ino) <= inodeGoodOldSize {
+		return 0
+	}
+	return int(binary.LittleEndian.Uint16(ino[inodeExtraIsize:]))
+}
+
+// hasExtraField reports whether the field at off (4 bytes) is inside the
+// extra inode space.
+func hasExtraField(ino []byte, off int) bool {
+	return off+4 <= inodeGoodOldSize+inodeExtra(ino) && off+4 <= len(ino)
+}
+
+func pinInodeTimes(ino []byte, epoch time.Time) {
+	sec := epoch.Unix()
+	// The extra word holds 2 bits extending the seconds past 2038 and the
+	// nanoseconds in the upper 30.
+	extra := uint32(epoch.Nanosecond())<<2 | uint32((sec-int64(int32(sec)))>>32)&3
+	for _, off := range []int{inodeAtime, inodeCtime, inodeMtime} {
+		binary.LittleEndian.PutUint32(ino[off:], uint32(sec))
+	}
+	for _, off := range []int{inodeCtimeExtra, inodeMtimeExtra, inodeAtimeExtra, inodeCrtimeExtra} {
+		if hasExtraField(ino, off) {
+			binary.LittleEndian.PutUint32(ino[off:], extra)
+		}
+	}
+	if hasExtraField(ino, inodeCrtime) {
+		binary.LittleEndian.PutUint32(ino[inodeCrtime:], uint32(sec))
+	}
+}
+
+// inodeChecksum is ext4's inode checksum with the checksum fields zeroed.
+func inodeChecksum(ino []byte, number, csumSeed uint32) uint32 {
+	b := append([]byte(nil), ino...)
+	b[inodeChecksumLo], b[inodeChecksumLo+1] = 0, 0
+	hasHi := len(b) > inodeGoodOldSize && inodeExtra(b) >= 4
+	if hasHi {
+		b[inodeChecksumHi], b[inodeChecksumHi+1] = 0, 0
+	}
+	var le [4]byte
+	binary.LittleEndian.PutUint32(le[:], number)
+	c := crc32c(csumSeed, le[:])
+	c = crc32c(c, b[inodeGeneration:inodeGeneration+4])
+	return crc32c(c, b)
+}
+
+func setInodeChecksum(ino []byte, number, csumSeed uint32) {
+	c := inodeChecksum(ino, number, csumSeed)
+	binary.LittleEndian.PutUint16(ino[inodeChecksumLo:], uint16(c))
+	if len(ino) > inodeGoodOldSize && inodeExtra(ino) >= 4 {
+		binary.LittleEndian.PutUint16(ino[inodeChecksumHi:], uint16(c>>16))
+	}
+}

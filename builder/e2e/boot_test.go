@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-os/berth/builder/qemu"
+)
+
+// Software emulation boots OVMF, the kernel and systemd in well under two
+// minutes on two cores; the limit is generous for a loaded CI machine.
+const bootTimeout = 8 * time.Minute
+
+var probeLine = regexp.MustCompile(`(?m)^BERTH-E2E ([a-z-]+)[=:] ?(.*?)\r?$`)
+
+// probeBoot boots the disk until the probe powers the VM off and returns
+// what the probe reported.
+func probeBoot(t *testing.T, diskPath, stateDir string) (map[string]string, string) {
+	t.Helper()
+	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: diskPath, StateDir: stateDir, NoReboot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	start := time.Now()
+	if _, err := vm.WaitFor(regexp.MustCompile(`BERTH-E2E done`), bootTimeout); err != nil {
+		t.Fatalf("%v\n--- serial console ---\n%s", err, vm.Output())
+	}
+	if err := vm.Wait(2 * time.Minute); err != nil {
+		t.Errorf("VM did not power off cleanly: %v", err)
+	}
+	out := vm.Output()
+	got := map[string]string{}
+	for _, m := range probeLine.FindAllStringSubmatch(out, -1) {
+		if m[1] == "bless-log" {
+			got[m[1]] += m[2] + "\n"
+			continue
+		}
+		got[m[1]] = m[2]
+	}
+	t.Logf("boot %s took %.0f s of wall time; %s", got["boot"], time.Since(start).Seconds(), got["startup"])
+	return got, out
+}
+
+func expectProbe(t *testing.T, got map[string]string, want map[string]string, console string) {
+	t.Helper()
+	bad := false
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("boot %s: %s = %q, want %q", got["boot"], k, got[k], v)
+			bad = true
+		}
+	}
+	if bad {
+		t.Logf("--- serial console ---\n%s", console)
+	}
+}
+
+func TestE2EBoot(t *testing.T) {
+	res := probeImage(t)
+	dir := t.TempDir()
+	// Boot an overlay bigger than the image, as on a larger real disk: the
+	// initrd must grow the state partition and its filesystem.
+	overlay := filepath.Join(dir, "disk.qcow2")
+	const diskSize = 3 << 30
+	if err := qemu.Overlay(res.Raw, overlay, diskSize); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(dir, "vm")
+
+	first, console := probeBoot(t, overlay, stateDir)
+	expectProbe(t, first, map[string]string{
+		"boot":         "1",
+		"root-ro":      "yes",
+		"root-fstype":  "squashfs",
+		"var-fstype":   "ext4",
+		"etc-fstype":   "overlay",
+		"tmp-fstype":   "tmpfs",
+		"home-dir":     "/var/home",
+		"var-marker":   "none",
+		"etc-marker":   "none",
+		"root-marker":  "none",
+		"bless-state":  "active",
+		"slot":         "a",
+		"os-version":   res.Manifest.Version,
+		"failed-units": "",
+		"entries":      "berth-a.conf,",
+	}, console)
+	if len(first["machine-id"]) != 32 {
+		t.Errorf("machine-id %q: want 32 hex digits", first["machine-id"])
+	}
+	// The loader consumed one try (berth-a+3 -> berth-a+2-1) and
+	// systemd-bless-boot removed the counter after the good boot.
+	if !strings.Contains(first["bless-log"], "berth-a+2-1.conf") {
+		t.Errorf("bless log does not show the counted entry berth-a+2-1.conf being blessed:\n%s", first["bless-log"])
+	}
+	// The state partition grew from the image's 256 MiB towards the 3 GiB disk.
+	if kb, _ := strconv.Atoi(first["var-size-kb"]); kb < 1000*1024 {
+		t.Errorf("/var is %d KiB: the state partition did not grow to the bigger disk", kb)
+	}
+
+	second, console := probeBoot(t, overlay, stateDir)
+	expectProbe(t, second, map[string]string{
+		"boot":        "2",
+		"root-ro":     "yes",
+		"var-marker":  "boot-1",
+		"etc-marker":  "boot-1",
+		"root-marker": "boot-1",
+		"home-marker": "boot-1",
+		"machine-id":  first["machine-id"],
+		"entries":     "berth-a.conf,",
+		"var-size-kb": first["var-size-kb"],
+	}, console)
+
+	if os.Getenv("BERTH_E2E_KEEP") != "" {
+		t.Logf("kept %s", overlay)
+	}
+}

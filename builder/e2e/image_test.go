@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/berth-os/berth/builder/build"
+	"github.com/berth-os/berth/builder/disk"
+	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/layout"
+)
+
+const minimalSpec = "../../images/minimal.yaml"
+
+func requireE2E(t testing.TB) {
+	t.Helper()
+	if os.Getenv("BERTH_E2E") != "1" {
+		t.Skip("end-to-end test: set BERTH_E2E=1 (make test does)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end test needs root")
+	}
+}
+
+func cacheDir() string {
+	if d := os.Getenv("BERTH_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/berth"
+}
+
+var (
+	initOnce sync.Once
+	initPath string
+	initErr  error
+	initDir  string
+)
+
+// initBinary builds the static initrd /init once per test process.
+func initBinary(t testing.TB) string {
+	t.Helper()
+	initOnce.Do(func() {
+		initDir, initErr = os.MkdirTemp("", "berth-e2e-init-")
+		if initErr != nil {
+			return
+		}
+		initPath = filepath.Join(initDir, "berth-init")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", initPath, "../initrd/init")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			initErr = fmt.Errorf("build init: %v: %s", err, out)
+		}
+	})
+	if initErr != nil {
+		t.Fatal(initErr)
+	}
+	return initPath
+}
+
+// probeSpec is images/minimal.yaml plus the probe unit.
+func probeSpec(t testing.TB) *spec.Spec {
+	t.Helper()
+	s, err := spec.Load(minimalSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, unit := probeScript, probeUnit
+	s.Files = append(s.Files,
+		spec.File{Path: "/usr/lib/berth-e2e/probe", Content: &script, Mode: 0o755},
+		spec.File{Path: "/usr/lib/systemd/system/berth-e2e.service", Content: &unit, Mode: 0o644},
+	)
+	s.Units.Enable = append(s.Units.Enable, "berth-e2e.service")
+	return s
+}
+
+type builtImage struct {
+	res *build.Result
+	err error
+}
+
+var (
+	imageOnce sync.Once
+	image     builtImage
+	imageDir  string
+)
+
+// probeImage builds the probe image once and shares it between tests.
+func probeImage(t testing.TB) *build.Result {
+	t.Helper()
+	requireE2E(t)
+	init := initBinary(t)
+	imageOnce.Do(func() {
+		imageDir, image.err = os.MkdirTemp("", "berth-e2e-image-")
+		if image.err != nil {
+			return
+		}
+		image.res, image.err = buildImage(probeSpec(t), imageDir, init)
+	})
+	if image.err != nil {
+		t.Fatalf("build probe image: %v", image.err)
+	}
+	return image.res
+}
+
+func buildImage(s *spec.Spec, out, init string) (*build.Result, error) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return build.Run(context.Background(), s, build.Options{OutDir: out, CacheDir: cacheDir(), InitBinary: init, Log: log})
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range []string{initDir, imageDir} {
+		if d != "" {
+			os.RemoveAll(d)
+		}
+	}
+	os.Exit(code)
+}
+
+func sha256File(t testing.TB, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// extractPartition copies one partition of the image into its own file.
+func extractPartition(t testing.TB, img string, number int) string {
+	t.Helper()
+	l, err := disk.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range l.Parts {
+		if p.Number != number {
+			continue
+		}
+		src, err := os.Open(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		dst := filepath.Join(t.TempDir(), fmt.Sprintf("part%d.img", number))
+		f, err := os.Create(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(f, io.NewSectionReader(src, p.Start, p.Size)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		return dst
+	}
+	t.Fatalf("partition %d not in %s", number, img)
+	return ""
+}
+
+func TestE2EImageStructure(t *testing.T) {
+	res := probeImage(t)
+	img := res.Raw
+
+	if out := run(t, "sgdisk", "-v", img); !strings.Contains(out, "No problems found") {
+		t.Errorf("sgdisk -v reports problems:\n%s", out)
+	}
+	l, err := disk.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLabels := map[int]string{layout.PartESP: layout.LabelESP, layout.PartSlotA: layout.LabelSlotA, layout.PartSlotB: layout.LabelSlotB, layout.PartState: layout.LabelState}
+	for _, p := range l.Parts {
+		if wantLabels[p.Number] != p.Label {
+			t.Errorf("partition %d label %q, want %q", p.Number, p.Label, wantLabels[p.Number])
+		}
+	}
+
+	espImg := extractPartition(t, img, layout.PartESP)
+	run(t, "fsck.vfat", "-n", espImg)
+	entries := run(t, "mdir", "-b", "-i", espImg, "::/loader/entries")
+	if !strings.Contains(entries, "berth-a+3.conf") {
+		t.Errorf("ESP entries: want berth-a+3.conf, got:\n%s", entries)
+	}
+	for _, p := range []string{layout.BootLoaderPath, layout.KernelPath(layout.SlotA), layout.InitrdPath(layout.SlotA), layout.LoaderConfPath} {
+		if _, err := exec.Command("mtype", "-i", espImg, "::/"+p).Output(); err != nil {
+			t.Errorf("ESP lacks /%s: %v", p, err)
+		}
+	}
+
+	slotImg := extractPartition(t, img, layout.PartSlotA)
+	listing := run(t, "unsquashfs", "-lln", slotImg)
+	for _, want := range []string{
+		"-rwsr-xr-x 0/0", // setuid kept (su, passwd, mount...)
+	} {
+		if !strings.Contains(listing, want) {
+			t.Errorf("slot listing lacks %q", want)
+		}
+	}
+	lines := map[string]string{}
+	for _, line := range strings.Split(listing, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 {
+			lines[strings.TrimPrefix(f[5], "squashfs-root")] = f[0] + " " + f[1]
+		}
+	}
+	expect := map[string]string{
+		"/usr/bin/passwd":          "-rwsr-xr-x 0/0",
+		"/etc/shadow":              "-rw-r----- 0/42",
+		"/var":                     "drwxr-xr-x 0/0",
+		"/home":                    "lrwxrwxrwx 0/0",
+		"/root":                    "lrwxrwxrwx 0/0",
+		"/tmp":                     "drwxrwxrwt 0/0",
+		"/etc/machine-id":          "-r--r--r-- 0/0",
+		"/usr/lib/berth-e2e/probe": "-rwxr-xr-x 0/0",
+	}
+	for p, want := range expect {
+		if got := lines[p]; got != want {
+			t.Errorf("slot %s: got %q, want %q", p, got, want)
+		}
+	}
+	for p := range lines {
+		switch {
+		case strings.HasPrefix(p, "/var/"):
+			t.Errorf("slot has %s: /var must be empty (its content lives in the factory copy)", p)
+		case strings.HasPrefix(p, "/usr/share/man/"), strings.HasPrefix(p, "/var/lib/dpkg"), strings.HasPrefix(p, "/boot/"):
+			t.Errorf("slot has %s: should have been trimmed", p)
+		case strings.HasPrefix(p, "/usr/share/doc/") && strings.Count(p, "/") > 4 && !strings.HasSuffix(p, "/copyright"):
+			t.Errorf("slot has documentation %s", p)
+		}
+	}
+
+	stateImg := extractPartition(t, img, layout.PartState)
+	run(t, "e2fsck", "-fn", stateImg)
+	t.Logf("slot filesystem: %.1f MiB; disk image: %d MiB (raw, sparse on disk)", float64(res.Manifest.SlotBytes)/(1<<20), res.Manifest.DiskBytes>>20)
+}
+
+func TestE2EReproducible(t *testing.T) {
+	first := probeImage(t)
+	dir := t.TempDir()
+	second, err := buildImage(probeSpec(t), dir, initBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{{first.Raw, second.Raw}, {first.Qcow2, second.Qcow2}} {
+		a, b := sha256File(t, pair[0]), sha256File(t, pair[1])
+		if a != b {
+			t.Errorf("not reproducible: %s %s vs %s %s", filepath.Base(pair[0]), a, filepath.Base(pair[1]), b)
+		} else {
+			t.Logf("%s: sha256 %s in both builds", filepath.Base(pair[0]), a)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+// Package e2e holds the end-to-end tests of the builder: they build real
+// images from images/minimal.yaml, check their structure with the standard
+// tools and boot them under qemu with UEFI firmware. They run when
+// BERTH_E2E=1 (make test sets it) and need root.
+package e2e
+
+// The probe is a test-only addition to the minimal image: a oneshot unit
+// that runs once multi-user.target is reached, prints what it finds as
+// "BERTH-E2E key=value" lines on the serial console, leaves markers in the
+// persistent places, and powers the VM off.
+const probeScript = `#!/bin/sh
+say() { echo "BERTH-E2E $*"; }
+mkdir -p /var/lib/berth-e2e
+boot=$(( $(cat /var/lib/berth-e2e/boots 2>/dev/null || echo 0) + 1 ))
+echo $boot > /var/lib/berth-e2e/boots
+say boot=$boot
+say machine-id=$(cat /etc/machine-id)
+if touch /berth-e2e-rw 2>/dev/null; then say root-ro=no; else say root-ro=yes; fi
+say root-fstype=$(findmnt -no FSTYPE /)
+say var-fstype=$(findmnt -no FSTYPE /var)
+say etc-fstype=$(findmnt -no FSTYPE /etc)
+say tmp-fstype=$(findmnt -no FSTYPE /tmp)
+say home-dir=$(readlink -f /home)
+say var-marker=$(cat /var/lib/berth-e2e/var-marker 2>/dev/null || echo none)
+say etc-marker=$(cat /etc/berth-e2e-marker 2>/dev/null || echo none)
+say root-marker=$(cat /root/berth-e2e-marker 2>/dev/null || echo none)
+say home-marker=$(cat /home/berth-e2e-marker 2>/dev/null || echo none)
+echo "boot-$boot" > /var/lib/berth-e2e/var-marker
+echo "boot-$boot" > /etc/berth-e2e-marker
+echo "boot-$boot" > /root/berth-e2e-marker
+echo "boot-$boot" > /home/berth-e2e-marker
+say var-size-kb=$(df -k --output=size /var | tail -1 | tr -d ' ')
+say os-version=$(. /etc/os-release; echo $VERSION_ID)
+say slot=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^berth.slot=//p')
+state=unknown
+for i in $(seq 120); do
+	state=$(systemctl show -p ActiveState --value systemd-bless-boot.service)
+	[ "$state" = active ] && break
+	sleep 1
+done
+say bless-state=$state
+esp=$(findmnt -no TARGET -t vfat | head -1)
+say esp=$esp
+say entries=$(ls "$esp/loader/entries" | tr '\n' ',')
+journalctl -b -o cat -u systemd-bless-boot.service | sed 's/^/BERTH-E2E bless-log: /'
+say failed-units=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ',')
+say startup=$(systemd-analyze time | head -1)
+sync
+say done
+systemctl poweroff
+`
+
+const probeUnit = `[Unit]
+Description=berth end-to-end probe
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/berth-e2e/probe
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+`

@@ -1,0 +1,259 @@
+// Package qemu boots berth disk images in qemu with UEFI firmware (OVMF)
+// and captures the serial console. It is the one harness shared by the
+// end-to-end tests and the developer targets (make boot): tests never glue
+// qemu command lines together themselves.
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Firmware locations of Debian's ovmf package.
+var (
+	firmwareCode = []string{"/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd"}
+	firmwareVars = []string{"/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"}
+)
+
+// Config describes one VM.
+type Config struct {
+	Disk      string // the disk image (raw or qcow2, detected by extension)
+	MemoryMiB int    // default 1024
+	CPUs      int    // default 2
+	// StateDir holds the VM's private firmware variables; the same dir
+	// across boots keeps the EFI variables, as a real machine would.
+	StateDir string
+	// Console, when set, also receives the serial output as it arrives.
+	Console io.Writer
+	// Interactive connects the serial console to this process' terminal.
+	Interactive bool
+	// NoReboot makes a guest reboot end qemu instead (tests decide reboots).
+	NoReboot bool
+	// UserNet adds a virtio NIC on qemu's user-mode network.
+	UserNet   bool
+	ExtraArgs []string
+}
+
+// KVM reports whether hardware virtualisation is usable here.
+func KVM() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+func firstExisting(paths []string) string {
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// Args builds qemu's command line; it prepares the firmware variable store
+// in StateDir when missing.
+func Args(c Config) ([]string, error) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return nil, errors.New("qemu-system-x86_64 not found: install the qemu-system-x86 package (make deps)")
+	}
+	code, vars := firstExisting(firmwareCode), firstExisting(firmwareVars)
+	if code == "" || vars == "" {
+		return nil, errors.New("OVMF firmware not found in /usr/share/OVMF: install the ovmf package (make deps)")
+	}
+	if _, err := os.Stat(c.Disk); err != nil {
+		return nil, fmt.Errorf("disk image: %w", err)
+	}
+	if c.StateDir == "" {
+		return nil, errors.New("qemu: StateDir is required")
+	}
+	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
+		return nil, err
+	}
+	varsCopy := filepath.Join(c.StateDir, "OVMF_VARS.fd")
+	if _, err := os.Stat(varsCopy); err != nil {
+		data, err := os.ReadFile(vars)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(varsCopy, data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 1024
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 2
+	}
+	format := "raw"
+	if filepath.Ext(c.Disk) == ".qcow2" {
+		format = "qcow2"
+	}
+	args := []string{
+		"-machine", "q35", "-m", strconv.Itoa(c.MemoryMiB), "-smp", strconv.Itoa(c.CPUs),
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + code,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + varsCopy,
+		"-drive", "if=virtio,format=" + format + ",file=" + c.Disk,
+		"-display", "none", "-vga", "none",
+	}
+	if KVM() {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg")
+	}
+	if c.Interactive {
+		args = append(args, "-serial", "mon:stdio")
+	} else {
+		args = append(args, "-serial", "stdio", "-monitor", "none")
+	}
+	if c.UserNet {
+		args = append(args, "-nic", "user,model=virtio-net-pci")
+	} else {
+		args = append(args, "-nic", "none")
+	}
+	if c.NoReboot {
+		args = append(args, "-no-reboot")
+	}
+	return append(args, c.ExtraArgs...), nil
+}
+
+// VM is a running qemu.
+type VM struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  bytes.Buffer
+	cond *sync.Cond
+	done chan struct{}
+	err  error
+}
+
+// Start boots the VM in the background, capturing its serial console.
+func Start(ctx context.Context, c Config) (*VM, error) {
+	args, err := Args(c)
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{done: make(chan struct{})}
+	vm.cond = sync.NewCond(&vm.mu)
+	vm.cmd = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	w := io.Writer(&lockedWriter{vm: vm})
+	if c.Console != nil {
+		w = io.MultiWriter(w, c.Console)
+	}
+	vm.cmd.Stdout = w
+	vm.cmd.Stderr = w
+	if c.Interactive {
+		// qemu puts the terminal in raw mode itself; Ctrl-A X quits.
+		vm.cmd.Stdin, vm.cmd.Stdout, vm.cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	}
+	if err := vm.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	go func() {
+		vm.err = vm.cmd.Wait()
+		close(vm.done)
+		vm.mu.Lock()
+		vm.cond.Broadcast()
+		vm.mu.Unlock()
+	}()
+	return vm, nil
+}
+
+type lockedWriter struct{ vm *VM }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.vm.mu.Lock()
+	defer w.vm.mu.Unlock()
+	w.vm.out.Write(p)
+	w.vm.cond.Broadcast()
+	return len(p), nil
+}
+
+// Output is everything the serial console printed so far.
+func (vm *VM) Output() string {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.out.String()
+}
+
+// WaitFor waits until the console output matches re, the VM exits, or the
+// timeout passes. It returns the first match.
+func (vm *VM) WaitFor(re *regexp.Regexp, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		vm.mu.Lock()
+		vm.cond.Broadcast()
+		vm.mu.Unlock()
+	})
+	defer timer.Stop()
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	for {
+		if m := re.FindString(vm.out.String()); m != "" {
+			return m, nil
+		}
+		select {
+		case <-vm.done:
+			return "", fmt.Errorf("qemu exited before the console showed %q", re)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("timed out after %s waiting for %q on the console", timeout, re)
+		}
+		vm.cond.Wait()
+	}
+}
+
+// Wait waits for qemu to exit, killing it after timeout.
+func (vm *VM) Wait(timeout time.Duration) error {
+	select {
+	case <-vm.done:
+		return vm.err
+	case <-time.After(timeout):
+		vm.Kill()
+		<-vm.done
+		return fmt.Errorf("qemu did not exit within %s; killed", timeout)
+	}
+}
+
+// Kill stops the VM abruptly, like pulling the power cord.
+func (vm *VM) Kill() {
+	if vm.cmd.Process != nil {
+		vm.cmd.Process.Kill()
+	}
+}
+
+// Overlay creates a qcow2 overlay over base, optionally larger than base
+// (sizeBytes 0 keeps the size), so a test can boot without changing the
+// built image and can simulate a bigger disk.
+func Overlay(base, path string, sizeBytes int64) error {
+	abs, err := filepath.Abs(base)
+	if err != nil {
+		return err
+	}
+	format := "raw"
+	if filepath.Ext(base) == ".qcow2" {
+		format = "qcow2"
+	}
+	args := []string{"create", "-q", "-f", "qcow2", "-b", abs, "-F", format, path}
+	if sizeBytes > 0 {
+		args = append(args, strconv.FormatInt(sizeBytes, 10))
+	}
+	if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img create overlay: %s", bytes.TrimSpace(out))
+	}
+	return nil
+}
