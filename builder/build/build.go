@@ -19,7 +19,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/berth-os/berth/builder/disk"
@@ -104,7 +106,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("output directory %s: %w; choose another with -o", o.OutDir, err)
 	}
-	work, err := os.MkdirTemp(o.OutDir, ".berth-build-")
+	removeStaleWork(o.OutDir, log)
+	work, err := os.MkdirTemp(o.OutDir, fmt.Sprintf("%s%d-", workPrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("output directory %s is not writable: %w; choose another with -o", o.OutDir, err)
 	}
@@ -314,6 +317,27 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 		return nil, err
 	}
 	return res, nil
+}
+
+const workPrefix = ".berth-build-"
+
+// removeStaleWork deletes work directories of builds that were killed
+// (SIGKILL, power loss) and could not clean up after themselves.
+func removeStaleWork(outDir string, log *slog.Logger) {
+	ents, _ := os.ReadDir(outDir)
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), workPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err == nil && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
+			continue // another build is running in this directory
+		}
+		log.Info("removing the work directory of an interrupted build", "dir", e.Name())
+		os.RemoveAll(filepath.Join(outDir, e.Name()))
+	}
 }
 
 func fileSHA256(p string) (string, error) {

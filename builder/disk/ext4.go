@@ -10,6 +10,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/filesystem/ext4"
 	"github.com/google/uuid"
@@ -24,14 +25,48 @@ func writeState(d *disk.Disk, img io.ReaderAt, start, size int64, s Spec) error 
 	if err != nil {
 		return fmt.Errorf("state filesystem UUID %q: %w", s.StateUUID, err)
 	}
-	if _, err := ext4.Create(d.Backend, size, start, sectorSize, &ext4.Params{UUID: &id, VolumeName: layout.LabelState}); err != nil {
-		return fmt.Errorf("create ext4: %w", err)
+	if err := createExt4(d.Backend, start, size, id); err != nil {
+		return err
 	}
 	w, ok := img.(io.WriterAt)
 	if !ok {
 		return errors.New("disk image is not writable")
 	}
 	return pinExt4(io.NewSectionReader(img, start, size), io.NewOffsetWriter(w, start), s.Epoch, hashSeed(id))
+}
+
+// stateLostFound is the directory e2fsck puts reconnected files in.
+const stateLostFound = "lost+found"
+
+// createExt4 makes the state filesystem with go-diskfs: 4 KiB blocks, no
+// resize inode, and a /lost+found as mke2fs makes it.
+func createExt4(b backend.Storage, start, size int64, id uuid.UUID) error {
+	params := &ext4.Params{
+		UUID:       &id,
+		VolumeName: layout.LabelState,
+		// 4 KiB blocks: go-diskfs would pick 1 KiB below 512 MiB, and the
+		// partition grows to terabytes on first boot, where 1 KiB blocks
+		// cap the filesystem at 4 TiB-ish extents and waste metadata.
+		SectorsPerBlock: 4096 / sectorSize,
+		// go-diskfs v1.9.4 writes a resize inode that e2fsck calls "not
+		// valid" (and then refuses to preen); without one the filesystem
+		// is clean and the initrd still grows it offline with resize2fs.
+		Features: []ext4.FeatureOpt{ext4.WithFeatureReservedGDTBlocksForExpansion(false)},
+	}
+	fs, err := ext4.Create(b, size, start, sectorSize, params)
+	if err != nil {
+		return fmt.Errorf("create ext4: %w", err)
+	}
+	// e2fsck -p creates a missing /lost+found and exits 1 ("errors
+	// corrected"). go-diskfs gives it one block where mke2fs gives 16 KiB;
+	// e2fsck makes it one block too, and grows it when it fills up.
+	if err := fs.Mkdir(stateLostFound); err != nil {
+		return fmt.Errorf("create /%s: %w", stateLostFound, err)
+	}
+	if err := fs.Chmod(stateLostFound, 0o700); err != nil {
+		return fmt.Errorf("chmod /%s: %w", stateLostFound, err)
+	}
+	return nil
 }
 
 // hashSeed derives the htree hash seed from the filesystem UUID: stable

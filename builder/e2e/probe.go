@@ -32,19 +32,25 @@ echo "boot-$boot" > /home/berth-e2e-marker
 say var-size-kb=$(df -k --output=size /var | tail -1 | tr -d ' ')
 say os-version=$(. /etc/os-release; echo $VERSION_ID)
 say slot=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^berth.slot=//p')
-state=unknown
-for i in $(seq 120); do
-	state=$(systemctl show -p ActiveState --value systemd-bless-boot.service)
-	[ "$state" = active ] && break
-	sleep 1
-done
+# The loader sets LoaderBootCountPath only when it booted a counted entry;
+# then systemd-bless-boot must run and remove the counter.
+state=not-counted
+if [ -e /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f ]; then
+	for i in $(seq 120); do
+		state=$(systemctl show -p ActiveState --value systemd-bless-boot.service)
+		[ "$state" = active ] && break
+		sleep 1
+	done
+fi
 say bless-state=$state
-esp=$(findmnt -no TARGET -t vfat | head -1)
-say esp=$esp
-say entries=$(ls "$esp/loader/entries" | tr '\n' ',')
-journalctl -b -o cat -u systemd-bless-boot.service | sed 's/^/BERTH-E2E bless-log: /'
+# The loader renamed the entry it counted and names the new file here.
+say counted-entry=$(tail -c +5 /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tr -d '\000')
+say entries=$(ls /efi/loader/entries | tr '\n' ',')
 say failed-units=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ',')
-say startup=$(systemd-analyze time | head -1)
+# Boot timing in microseconds since the kernel started (firmware and loader
+# are measured on the host: TCG gives the loader no usable TSC).
+say time-userspace-us=$(systemctl show -p UserspaceTimestampMonotonic --value)
+say time-multi-user-us=$(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target)
 sync
 say done
 systemctl poweroff

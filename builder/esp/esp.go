@@ -60,6 +60,11 @@ func Files(in Input) ([]File, error) {
 	if len(in.BootLoader) == 0 || len(in.Kernel) == 0 || len(in.Initrd) == 0 {
 		return nil, fmt.Errorf("esp: boot loader, kernel and initrd are all required")
 	}
+	// Without it the entry says "berth.root=PARTUUID=" and the initrd
+	// cannot find the slot: fail the build, not the first boot.
+	if in.SlotPartUUID == "" {
+		return nil, fmt.Errorf("esp: the PARTUUID of slot A is required")
+	}
 	if in.Tries < 1 {
 		return nil, fmt.Errorf("esp: boot tries must be at least 1, got %d", in.Tries)
 	}

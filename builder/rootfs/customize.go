@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -47,19 +48,8 @@ func AddFiles(root string, s *spec.Spec) error {
 				return fmt.Errorf("%s: group: %w", where, err)
 			}
 		}
-		target, err := securejoin.SecureJoin(root, f.Path)
+		target, err := writeInRoot(root, f.Path, data)
 		if err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return fmt.Errorf("%s: %w", where, err)
-		}
-		if fi, err := os.Lstat(target); err == nil && (fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0) {
-			if err := os.RemoveAll(target); err != nil {
-				return fmt.Errorf("%s: %w", where, err)
-			}
-		}
-		if err := os.WriteFile(target, data, 0o600); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
 		if err := os.Lchown(target, uid, gid); err != nil {
@@ -72,9 +62,53 @@ func AddFiles(root string, s *spec.Spec) error {
 	return nil
 }
 
+// writeInRoot creates the file rel of root with data and mode 0600 and
+// returns its path. Whatever was there is replaced, not written through:
+// a symlink such as /etc/resolv.conf or an absolute one pointing out of
+// the root stays untouched, and a hard link's other names keep their data.
+func writeInRoot(root, rel string, data []byte) (string, error) {
+	target, err := inRoot(root, rel)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.RemoveAll(target); err != nil {
+		return "", err
+	}
+	f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return "", err
+	}
+	return target, f.Close()
+}
+
+// writeRootFile is writeInRoot for the builder's own files, with their mode.
+func writeRootFile(root, rel string, data []byte, mode uint32) error {
+	target, err := writeInRoot(root, rel, data)
+	if err != nil {
+		return fmt.Errorf("write /%s: %w", rel, err)
+	}
+	if err := unix.Chmod(target, mode); err != nil {
+		return fmt.Errorf("write /%s: %w", rel, err)
+	}
+	return nil
+}
+
 // lookupID finds name in an /etc/passwd-style file of the root.
 func lookupID(root, file, name string) (int, error) {
-	data, err := os.ReadFile(filepath.Join(root, file))
+	// Resolved inside root: an absolute etc symlink must not read the
+	// build machine's accounts.
+	p, err := securejoin.SecureJoin(root, file)
+	if err != nil {
+		return 0, fmt.Errorf("look up %q: %w", name, err)
+	}
+	data, err := os.ReadFile(p)
 	if err != nil {
 		return 0, fmt.Errorf("look up %q: %w", name, err)
 	}
@@ -124,16 +158,13 @@ func WriteOSRelease(root string, s *spec.Spec) error {
 	fmt.Fprintf(&b, "IMAGE_ID=%q\nIMAGE_VERSION=%q\n", s.Name, s.Version)
 	fmt.Fprintf(&b, "%s=%q\n", layout.OSReleaseVersionKey, s.Version)
 	fmt.Fprintf(&b, "HOME_URL=\"https://github.com/berth-os/berth\"\n")
-	p := filepath.Join(root, "usr/lib/os-release")
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	if err := writeRootFile(root, "usr/lib/os-release", b.Bytes(), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("write os-release: %w", err)
+	if err := replaceWithSymlink(root, "etc/os-release", "../usr/lib/os-release"); err != nil {
+		return fmt.Errorf("link /etc/os-release: %w", err)
 	}
-	etc := filepath.Join(root, "etc/os-release")
-	os.Remove(etc)
-	return os.Symlink("../usr/lib/os-release", etc)
+	return nil
 }
 
 // PrepareReadOnly turns a normal root into one that runs from a read-only
@@ -142,10 +173,14 @@ func WriteOSRelease(root string, s *spec.Spec) error {
 // tmpfs, and machine-id is left empty so the first boot creates it once
 // and the persistent /etc overlay keeps it.
 func PrepareReadOnly(root string) error {
-	factory := filepath.Join(root, layout.FactoryVar)
-	if err := os.MkdirAll(filepath.Dir(factory), 0o755); err != nil {
+	factories, err := securejoin.SecureJoin(root, factoryDir)
+	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(factories, 0o755); err != nil {
+		return err
+	}
+	factory := filepath.Join(factories, "var")
 	varDir := filepath.Join(root, "var")
 	if err := os.RemoveAll(factory); err != nil {
 		return err
@@ -166,12 +201,17 @@ func PrepareReadOnly(root string) error {
 		return err
 	}
 	for _, top := range tops {
-		if !top.IsDir() {
-			continue
+		var subs []os.DirEntry
+		if top.IsDir() {
+			if subs, err = os.ReadDir(filepath.Join(factory, top.Name())); err != nil {
+				return err
+			}
 		}
-		subs, err := os.ReadDir(filepath.Join(factory, top.Name()))
-		if err != nil {
-			return err
+		// Symlinks (/var/run -> /run), files and empty directories with
+		// their own mode (/var/mail, /var/local) are copied whole.
+		if len(subs) == 0 {
+			lines = append(lines, fmt.Sprintf("C /var/%s - - - - /%s/%s", top.Name(), layout.FactoryVar, top.Name()))
+			continue
 		}
 		for _, sub := range subs {
 			p := "/var/" + top.Name() + "/" + sub.Name()
@@ -179,59 +219,85 @@ func PrepareReadOnly(root string) error {
 		}
 	}
 
-	// /root's skeleton files, copied once.
-	roothome := filepath.Join(root, "root")
-	factoryRoot := filepath.Join(root, "usr/share/factory/root")
-	if fi, err := os.Lstat(roothome); err == nil && fi.IsDir() {
-		os.RemoveAll(factoryRoot)
-		if err := os.Rename(roothome, factoryRoot); err != nil {
+	// What the image put in /root and /home (skeleton files, the spec's
+	// ssh keys) is copied once into the state partition.
+	for _, h := range []struct{ dir, state string }{{"root", layout.RootHome}, {"home", layout.Home}} {
+		src := filepath.Join(root, h.dir)
+		dst := filepath.Join(factories, h.dir)
+		if err := os.RemoveAll(dst); err != nil {
 			return err
 		}
-		ents, _ := os.ReadDir(factoryRoot)
-		for _, e := range ents {
-			lines = append(lines, fmt.Sprintf("C /var/%s/%s - - - - /usr/share/factory/root/%s", layout.RootHome, e.Name(), e.Name()))
+		if fi, err := os.Lstat(src); err == nil && fi.IsDir() {
+			if err := os.Rename(src, dst); err != nil {
+				return fmt.Errorf("move /%s to the factory copy: %w", h.dir, err)
+			}
+			ents, err := os.ReadDir(dst)
+			if err != nil {
+				return err
+			}
+			for _, e := range ents {
+				lines = append(lines, fmt.Sprintf("C /var/%s/%s - - - - /%s/%s/%s", h.state, e.Name(), factoryDir, h.dir, e.Name()))
+			}
 		}
-	}
-	if err := replaceWithSymlink(root, "root", "var/"+layout.RootHome); err != nil {
-		return err
-	}
-	if err := replaceWithSymlink(root, "home", "var/"+layout.Home); err != nil {
-		return err
+		if err := replaceWithSymlink(root, h.dir, "var/"+h.state); err != nil {
+			return err
+		}
 	}
 	lines = append(lines,
 		fmt.Sprintf("d /var/%s 0755 root root -", layout.Home),
 		fmt.Sprintf("d /var/%s 0700 root root -", layout.RootHome))
 	sort.Strings(lines[1:])
-	tmpfiles := filepath.Join(root, "usr/lib/tmpfiles.d/berth-state.conf")
-	if err := os.MkdirAll(filepath.Dir(tmpfiles), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(tmpfiles, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+	if err := writeRootFile(root, "usr/lib/tmpfiles.d/berth-state.conf", []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
 
 	fstab := "# berth: / is a read-only slot; /var is the state partition (mounted by the initrd)\n" +
 		"tmpfs /tmp tmpfs mode=1777,strictatime,nosuid,nodev,size=50% 0 0\n"
-	if err := os.WriteFile(filepath.Join(root, "etc/fstab"), []byte(fstab), 0o644); err != nil {
+	if err := writeRootFile(root, "etc/fstab", []byte(fstab), 0o644); err != nil {
+		return err
+	}
+	// mmdebstrap copies the build machine's hostname; a node starts as
+	// "berth" until its configuration names it.
+	if err := writeRootFile(root, "etc/hostname", []byte("berth\n"), 0o644); err != nil {
 		return err
 	}
 	// Empty machine-id: systemd treats the boot as the first one, creates
 	// an id and writes it through the persistent /etc overlay.
-	if err := os.WriteFile(filepath.Join(root, "etc/machine-id"), nil, 0o444); err != nil {
+	if err := writeRootFile(root, "etc/machine-id", nil, 0o444); err != nil {
 		return err
 	}
 	// Mount points that must exist on a read-only root: the ESP (mounted by
 	// systemd-gpt-auto-generator) and /tmp.
+	// A symlink there (tmp -> var/tmp) would put the tmpfs elsewhere.
 	for _, d := range []string{"efi", "tmp", "boot"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+		p := filepath.Join(root, d)
+		if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err
 		}
 	}
-	return os.Chmod(filepath.Join(root, "tmp"), 0o1777)
+	// unix.Chmod: os.Chmod would drop the sticky bit of a plain 0o1777.
+	return unix.Chmod(filepath.Join(root, "tmp"), 0o1777)
 }
 
-func replaceWithSymlink(root, name, target string) error {
-	p := filepath.Join(root, name)
+// factoryDir holds the image's copies of what lives on the state
+// partition: var, root and home.
+var factoryDir = path.Dir(layout.FactoryVar)
+
+// replaceWithSymlink makes rel, a path of root, a symlink to target,
+// replacing whatever was there.
+func replaceWithSymlink(root, rel, target string) error {
+	p, err := inRoot(root, rel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(p); err != nil {
 		return err
 	}
@@ -251,14 +317,16 @@ func WritePackageList(root string) error {
 	}
 	defer f.Close()
 	var out []string
-	var pkg, ver string
+	var pkg, ver, state string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	flush := func() {
-		if pkg != "" {
+		// Removed packages whose configuration files remain are listed too
+		// ("deinstall ok config-files"): only installed ones count.
+		if pkg != "" && (state == "" || strings.HasSuffix(state, " installed")) {
 			out = append(out, pkg+" "+ver)
 		}
-		pkg, ver = "", ""
+		pkg, ver, state = "", "", ""
 	}
 	for sc.Scan() {
 		line := sc.Text()
@@ -269,6 +337,8 @@ func WritePackageList(root string) error {
 			pkg = strings.TrimPrefix(line, "Package: ")
 		case strings.HasPrefix(line, "Version: "):
 			ver = strings.TrimPrefix(line, "Version: ")
+		case strings.HasPrefix(line, "Status: "):
+			state = strings.TrimPrefix(line, "Status: ")
 		}
 	}
 	flush()
@@ -276,9 +346,5 @@ func WritePackageList(root string) error {
 		return err
 	}
 	sort.Strings(out)
-	dst := filepath.Join(root, "usr/share/berth/packages.txt")
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(dst, []byte(strings.Join(out, "\n")+"\n"), 0o644)
+	return writeRootFile(root, "usr/share/berth/packages.txt", []byte(strings.Join(out, "\n")+"\n"), 0o644)
 }

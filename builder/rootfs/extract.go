@@ -23,6 +23,9 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	whiteoutOpaque = ".wh..wh..opq"
+	// whiteoutMeta starts AUFS bookkeeping names (".wh..wh.plnk" and
+	// friends): not whiteouts of a file, and not files of the image.
+	whiteoutMeta = ".wh..wh."
 )
 
 // ApplyLayer unpacks one tar layer onto root, honouring OCI whiteouts. It
@@ -31,8 +34,9 @@ const (
 // Entries may not escape root, neither by ".." nor through symlinks.
 func ApplyLayer(root string, r io.Reader) error {
 	tr := tar.NewReader(r)
-	// Paths this layer created: an opaque whiteout must not delete them.
-	created := map[string]bool{}
+	// What this layer created, and the parents of that: an opaque whiteout
+	// must not delete them.
+	created := layerPaths{}
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -40,6 +44,10 @@ func ApplyLayer(root string, r io.Reader) error {
 		}
 		if err != nil {
 			return fmt.Errorf("read layer: %w", err)
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			// PAX global headers (git archive writes one) carry no file.
+			continue
 		}
 		name := cleanName(hdr.Name)
 		if name == "" {
@@ -54,8 +62,17 @@ func ApplyLayer(root string, r io.Reader) error {
 			}
 			continue
 		}
-		if strings.HasPrefix(base, whiteoutPrefix) {
-			target, err := securejoin.SecureJoin(root, path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix)))
+		if strings.HasPrefix(base, whiteoutMeta) {
+			continue
+		}
+		if victim, ok := strings.CutPrefix(base, whiteoutPrefix); ok {
+			// ".wh.." would name the parent and ".wh." the directory itself.
+			if victim == "" || victim == "." || victim == ".." {
+				return fmt.Errorf("whiteout %s: not a valid whiteout name", name)
+			}
+			// Resolve the directory only: a whiteout of a symlink removes
+			// the link, never what it points at.
+			target, err := inRoot(root, path.Join(dir, victim))
 			if err != nil {
 				return fmt.Errorf("whiteout %s: %w", name, err)
 			}
@@ -67,8 +84,37 @@ func ApplyLayer(root string, r io.Reader) error {
 		if err := writeEntry(root, name, hdr, tr); err != nil {
 			return fmt.Errorf("unpack %s: %w", name, err)
 		}
-		created[name] = true
+		created.add(name)
 	}
+}
+
+// layerPaths records the slash-separated paths a layer wrote and their
+// parent directories, which a layer may imply without entries of their own.
+type layerPaths map[string]bool
+
+func (l layerPaths) add(name string) {
+	l[name] = true
+	for d := path.Dir(name); d != "." && d != "/"; d = path.Dir(d) {
+		if l[d] {
+			return // its parents are recorded already
+		}
+		l[d] = true
+	}
+}
+
+// inRoot is the path of rel inside root with every directory on the way
+// resolved inside root, while the last element is kept as it is, so that
+// it can be removed or replaced even when it is a symlink.
+func inRoot(root, rel string) (string, error) {
+	dir, base := path.Split(cleanName(rel))
+	if base == "" {
+		return "", fmt.Errorf("%q names the root directory", rel)
+	}
+	parent, err := securejoin.SecureJoin(root, dir)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(parent, base), nil
 }
 
 // ApplyLayerFile applies a tar file, gzip-compressed or not.
@@ -100,24 +146,31 @@ func cleanName(n string) string {
 	return strings.TrimPrefix(n, "/")
 }
 
-func clearDir(root, dir string, created map[string]bool) error {
+// clearDir applies an opaque whiteout: everything under dir that lower
+// layers put there goes, what this layer wrote stays. A directory this
+// layer wrote over a lower one merged with it, so it is cleared in turn.
+func clearDir(root, dir string, created layerPaths) error {
 	abs, err := securejoin.SecureJoin(root, dir)
 	if err != nil {
 		return fmt.Errorf("opaque whiteout in %s: %w", dir, err)
 	}
 	ents, err := os.ReadDir(abs)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("opaque whiteout in %s: %w", dir, err)
 	}
 	for _, e := range ents {
-		if created[path.Join(dir, e.Name())] {
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(abs, e.Name())); err != nil {
-			return fmt.Errorf("opaque whiteout in %s: %w", dir, err)
+		p := path.Join(dir, e.Name())
+		if !created[p] {
+			if err := os.RemoveAll(filepath.Join(abs, e.Name())); err != nil {
+				return fmt.Errorf("opaque whiteout in %s: %w", dir, err)
+			}
+		} else if e.IsDir() {
+			if err := clearDir(root, p, created); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -167,7 +220,9 @@ func writeEntry(root, name string, hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 	case tar.TypeLink:
-		src, err := securejoin.SecureJoin(root, cleanName(hdr.Linkname))
+		// The link names an entry, not what it points at: a hard link to
+		// a symlink is a second name of the symlink.
+		src, err := inRoot(root, hdr.Linkname)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 )
 
 // DefaultTrim is what every berth image drops: documentation, manuals,
@@ -35,9 +37,18 @@ var DefaultTrim = []string{
 
 // Trim removes the default paths, the spec's extra paths and all locales
 // except keepLocales. It returns the bytes freed.
+//
+// Every path is resolved inside root: an image may carry absolute symlinks
+// (var/log -> /var/log), and following them on the build machine would
+// delete the machine's own files.
 func Trim(root string, extra, keepLocales []string) (int64, error) {
 	var freed int64
-	remove := func(p string) error {
+	// remove deletes rel, a path relative to root; a symlink goes, not its target.
+	remove := func(rel string) error {
+		p, err := inRoot(root, filepath.ToSlash(rel))
+		if err != nil {
+			return err
+		}
 		n, _ := du(p)
 		if err := os.RemoveAll(p); err != nil {
 			return err
@@ -52,12 +63,20 @@ func Trim(root string, extra, keepLocales []string) (int64, error) {
 			return freed, fmt.Errorf("trim pattern %q: %w", pat, err)
 		}
 		for _, m := range matches {
-			if err := remove(m); err != nil {
+			rel, err := filepath.Rel(root, m)
+			if err == nil {
+				err = remove(rel)
+			}
+			if err != nil {
 				return freed, fmt.Errorf("trim %s: %w", m, err)
 			}
 		}
 	}
-	n, err := trimDocs(filepath.Join(root, "usr/share/doc"))
+	docDir, err := securejoin.SecureJoin(root, "usr/share/doc")
+	if err != nil {
+		return freed, fmt.Errorf("trim documentation: %w", err)
+	}
+	n, err := trimDocs(docDir)
 	freed += n
 	if err != nil {
 		return freed, err
@@ -69,10 +88,18 @@ func Trim(root string, extra, keepLocales []string) (int64, error) {
 		keep[strings.ReplaceAll(l, "UTF-8", "utf8")] = true
 	}
 	for _, dir := range []string{"usr/share/locale", "usr/lib/locale"} {
-		ents, err := os.ReadDir(filepath.Join(root, dir))
+		abs, err := securejoin.SecureJoin(root, dir)
+		if err != nil {
+			return freed, fmt.Errorf("trim locales: %w", err)
+		}
+		ents, err := os.ReadDir(abs)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		if err != nil {
+			return freed, fmt.Errorf("trim locales: %w", err)
+		}
+		rel, err := filepath.Rel(root, abs)
 		if err != nil {
 			return freed, err
 		}
@@ -81,8 +108,8 @@ func Trim(root string, extra, keepLocales []string) (int64, error) {
 			if !e.IsDir() || keep[e.Name()] {
 				continue
 			}
-			if err := remove(filepath.Join(root, dir, e.Name())); err != nil {
-				return freed, err
+			if err := remove(filepath.Join(rel, e.Name())); err != nil {
+				return freed, fmt.Errorf("trim locales: %w", err)
 			}
 		}
 	}
@@ -161,6 +188,7 @@ func ReadBootLoader(root string) ([]byte, error) {
 // the licences must travel with the binaries.
 func trimDocs(docDir string) (int64, error) {
 	var freed int64
+	var dirs []string
 	err := filepath.WalkDir(docDir, func(p string, d fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -168,7 +196,13 @@ func trimDocs(docDir string) (int64, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() || d.Name() == "copyright" {
+		if d.IsDir() {
+			if p != docDir {
+				dirs = append(dirs, p)
+			}
+			return nil
+		}
+		if d.Name() == "copyright" {
 			return nil
 		}
 		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
@@ -179,10 +213,10 @@ func trimDocs(docDir string) (int64, error) {
 	if err != nil {
 		return freed, fmt.Errorf("trim documentation: %w", err)
 	}
-	// Directories left empty go too.
-	ents, _ := os.ReadDir(docDir)
-	for _, e := range ents {
-		os.Remove(filepath.Join(docDir, e.Name()))
+	// Directories left empty go too, deepest first (the walk listed
+	// parents before children); os.Remove leaves non-empty ones alone.
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i])
 	}
 	return freed, nil
 }

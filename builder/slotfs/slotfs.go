@@ -76,12 +76,16 @@ func Build(ctx context.Context, root, out string, o Options) error {
 		last := -1
 		for sc.Scan() {
 			if m := percent.FindStringSubmatch(sc.Text()); m != nil {
-				if p, _ := strconv.Atoi(m[1]); p != last {
+				// The redrawn bar can be cut mid-line: only move forward.
+				if p, _ := strconv.Atoi(m[1]); p > last && p <= 100 {
 					last = p
 					o.Progress(p)
 				}
 			}
 		}
+		// Should the scanner stop early (an overlong line), mksquashfs
+		// must not block on a full pipe while Wait waits for it.
+		io.Copy(io.Discard, pr)
 	}
 	if err := cmd.Wait(); err != nil {
 		os.Remove(out)

@@ -2,7 +2,6 @@ package layout
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -28,6 +27,10 @@ func ParseEntryName(name string) (EntryName, error) {
 	base, ok := strings.CutSuffix(name, entrySuffix)
 	if !ok || base == "" {
 		return EntryName{}, fmt.Errorf("boot entry %q: name must end in %s", name, entrySuffix)
+	}
+	// Callers join the name to the entries directory: a path is never a name.
+	if strings.ContainsAny(name, "/\x00") {
+		return EntryName{}, fmt.Errorf("boot entry %q: a file name may not contain '/' or NUL", name)
 	}
 	i := strings.LastIndexByte(base, '+')
 	if i < 0 {
@@ -102,10 +105,20 @@ func (e Entry) Render() []byte {
 	kv("title", e.Title)
 	kv("version", e.Version)
 	kv("sort-key", e.SortKey)
-	kv("linux", "/"+strings.TrimPrefix(e.Linux, "/"))
-	kv("initrd", "/"+strings.TrimPrefix(e.Initrd, "/"))
+	kv("linux", espPath(e.Linux))
+	kv("initrd", espPath(e.Initrd))
 	kv("options", strings.Join(e.Options, " "))
 	return []byte(b.String())
+}
+
+// espPath gives an ESP-relative path its leading slash; "" stays "" so an
+// entry without an initrd has no "initrd /" line.
+func espPath(p string) string {
+	p = strings.TrimLeft(p, "/")
+	if p == "" {
+		return ""
+	}
+	return "/" + p
 }
 
 // ParseEntry reads an entry file; unknown keys are kept out (the updater only
@@ -117,14 +130,12 @@ func ParseEntry(data []byte) (Entry, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		k, v, ok := strings.Cut(line, " ")
-		if !ok {
-			k, v, ok = strings.Cut(line, "\t")
-		}
-		if !ok {
+		// Key and value are separated by spaces or tabs (Boot Loader Specification).
+		i := strings.IndexAny(line, " \t")
+		if i < 0 {
 			return Entry{}, fmt.Errorf("boot entry line %d: %q has no value", n+1, line)
 		}
-		v = strings.TrimSpace(v)
+		k, v := line[:i], strings.TrimSpace(line[i+1:])
 		switch k {
 		case "title":
 			e.Title = v
@@ -133,9 +144,9 @@ func ParseEntry(data []byte) (Entry, error) {
 		case "sort-key":
 			e.SortKey = v
 		case "linux":
-			e.Linux = strings.TrimPrefix(v, "/")
+			e.Linux = strings.TrimLeft(v, "/")
 		case "initrd":
-			e.Initrd = strings.TrimPrefix(v, "/")
+			e.Initrd = strings.TrimLeft(v, "/")
 		case "options":
 			e.Options = append(e.Options, strings.Fields(v)...)
 		}
@@ -154,11 +165,4 @@ func (e Entry) Option(key string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// SortedOptions is a helper for deterministic output in tests.
-func SortedOptions(opts []string) []string {
-	out := append([]string(nil), opts...)
-	sort.Strings(out)
-	return out
 }

@@ -50,14 +50,18 @@ func (b *boot) setUpState(disk string) *failure {
 	if err != nil {
 		return fail("read state filesystem "+node, err)
 	}
+	if grown, f := b.growFilesystem(node, sb); f != nil {
+		return f
+	} else if grown {
+		if sb, err = ext4fs.ProbeFile(node); err != nil {
+			return fail("read state filesystem "+node, err)
+		}
+	}
 	target := filepath.Join(newRoot, "var")
 	if err := unix.Mount(node, target, "ext4", 0, ""); err != nil {
 		return fail(fmt.Sprintf("mount state %s (ext4) on %s", node, target), err)
 	}
 	b.log.Infof("mounted state %s on /var (%d MiB)", node, sb.Bytes()/mib)
-	if f := b.growFilesystem(node, target, sb); f != nil {
-		return f
-	}
 	return nil
 }
 
@@ -114,10 +118,21 @@ func blkpgResize(disk *os.File, partN int, start, length int64) error {
 	return nil
 }
 
-// formatState runs the OS's mke2fs inside the mounted slot, which needs
-// /dev (for the node) and /proc (to check the device is not mounted).
+// formatState makes a fresh ext4 with the OS's own mke2fs.
 func (b *boot) formatState(node string) *failure {
 	b.log.Infof("state partition %s holds no ext4: formatting it", node)
+	// -F: never stop at a question; the partition holds nothing we keep.
+	if err := runInSlot(mkfsPath, "-q", "-F", "-t", "ext4", "-L", layout.LabelState, node); err != nil {
+		return fail("format state: "+mkfsPath+" "+node, err)
+	}
+	b.log.Infof("formatted %s as ext4 (label %s)", node, layout.LabelState)
+	return nil
+}
+
+// runInSlot runs one of the OS's own tools (e2fsprogs) chrooted into the
+// mounted slot, which needs /dev (for the node) and /proc (to check the
+// device is not mounted).
+func runInSlot(args ...string) error {
 	var mounted []string
 	defer func() {
 		for i := len(mounted) - 1; i >= 0; i-- {
@@ -127,48 +142,58 @@ func (b *boot) formatState(node string) *failure {
 	for _, m := range []struct{ dir, fstype string }{{"dev", "devtmpfs"}, {"proc", "proc"}} {
 		dir := filepath.Join(newRoot, m.dir)
 		if err := unix.Mount(m.fstype, dir, m.fstype, 0, ""); err != nil {
-			return fail("format state: mount "+m.fstype+" on "+dir, err)
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, dir, err)
 		}
 		mounted = append(mounted, dir)
 	}
-	// -F: never stop at a question; the partition holds nothing we keep.
-	cmd := exec.Command(mkfsPath, "-q", "-F", "-t", "ext4", "-L", layout.LabelState, node)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: newRoot}
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		msg := strings.Join(strings.Fields(string(out)), " ")
-		if msg != "" {
+		if msg := strings.Join(strings.Fields(string(out)), " "); msg != "" {
 			err = fmt.Errorf("%w: %s", err, msg)
 		}
-		return fail("format state: "+mkfsPath+" "+node, err)
+		return err
 	}
-	b.log.Infof("formatted %s as ext4 (label %s)", node, layout.LabelState)
 	return nil
 }
 
-// growFilesystem grows the mounted ext4 online to fill its partition. It
-// runs on every boot so that a boot that grew the partition but died
-// before this step is finished by the next.
-func (b *boot) growFilesystem(node, mountpoint string, sb ext4fs.Superblock) *failure {
+// growFilesystem grows the unmounted ext4 to fill its partition with the
+// OS's resize2fs. Offline resizing works whatever the filesystem's
+// features (the kernel's online resize refuses filesystems without a
+// resize inode, as go-diskfs makes them). It runs on every boot so that a
+// boot that grew the partition but died before this step is finished by
+// the next.
+func (b *boot) growFilesystem(node string, sb ext4fs.Superblock) (bool, *failure) {
 	dev, err := os.Open(node)
 	if err != nil {
-		return fail("size of state partition", err)
+		return false, fail("size of state partition", err)
 	}
 	size, err := dev.Seek(0, 2)
 	dev.Close()
 	if err != nil {
-		return fail("size of state partition", err)
+		return false, fail("size of state partition", err)
 	}
 	blocks := uint64(size) / sb.BlockSize
 	if blocks <= sb.BlocksCount {
-		return nil
+		return false, nil
 	}
 	b.log.Infof("growing the state filesystem from %d MiB to %d MiB", sb.Bytes()/mib, blocks*sb.BlockSize/mib)
-	if err := ext4fs.Resize(mountpoint, blocks); err != nil {
-		// Not fatal either: /var works at its old size.
-		b.log.Infof("warning: %v", err)
+	// resize2fs wants a freshly checked filesystem; -p repairs only what is
+	// safe without questions. Exit status 1 means "errors corrected".
+	if err := runInSlot("/sbin/e2fsck", "-f", "-p", node); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() > 1 {
+			// Not fatal: /var works at its old size.
+			b.log.Infof("warning: check state filesystem before growing: %v", err)
+			return false, nil
+		}
 	}
-	return nil
+	if err := runInSlot("/sbin/resize2fs", node); err != nil {
+		b.log.Infof("warning: grow state filesystem: %v", err)
+		return false, nil
+	}
+	return true, nil
 }
