@@ -44,14 +44,27 @@ func createExt4(b backend.Storage, start, size int64, id uuid.UUID) error {
 	params := &ext4.Params{
 		UUID:       &id,
 		VolumeName: layout.LabelState,
-		// 4 KiB blocks: go-diskfs would pick 1 KiB below 512 MiB, and the
-		// partition grows to terabytes on first boot, where 1 KiB blocks
-		// cap the filesystem at 4 TiB-ish extents and waste metadata.
+		// 4 KiB blocks: go-diskfs picks 1 KiB below 512 MiB, and the block
+		// size stays when the initrd grows the filesystem to the disk
+		// (terabytes on bare metal): 1 KiB blocks mean 8 MiB block groups,
+		// a quarter million of them per 2 TiB, and blocks below page size.
 		SectorsPerBlock: 4096 / sectorSize,
-		// go-diskfs v1.9.4 writes a resize inode that e2fsck calls "not
-		// valid" (and then refuses to preen); without one the filesystem
-		// is clean and the initrd still grows it offline with resize2fs.
-		Features: []ext4.FeatureOpt{ext4.WithFeatureReservedGDTBlocksForExpansion(false)},
+		Features: []ext4.FeatureOpt{
+			// go-diskfs v1.9.4 writes a resize inode that e2fsck calls "not
+			// valid" (and then refuses to preen); without one the
+			// filesystem is clean and the initrd still grows it offline
+			// with resize2fs.
+			ext4.WithFeatureReservedGDTBlocksForExpansion(false),
+			// The rest of what mke2fs gives ext4 and go-diskfs leaves out.
+			// metadata_csum matters most: with group checksums, block
+			// groups added by resize2fs stay uninitialised, so growing to
+			// 100 GiB writes 5 MiB instead of zeroing 800 MiB of inode
+			// tables, and e2fsck skips unused groups.
+			ext4.WithFeatureMetadataChecksums(true),
+			ext4.WithFeatureDirectoryIndices(true),       // dir_index: hashed lookups in big directories
+			ext4.WithFeatureLargeSubdirectoryCount(true), // dir_nlink: more than 65000 subdirectories
+			ext4.WithFeatureLargeInodes(true),            // extra_isize: room for nanosecond times
+		},
 	}
 	fs, err := ext4.Create(b, size, start, sectorSize, params)
 	if err != nil {
@@ -95,14 +108,20 @@ const (
 	sbLastCheck       = 0x40
 	sbFirstIno        = 0x54
 	sbInodeSize       = 0x58
+	sbBlockGroupNr    = 0x5A
 	sbFeatureCompat   = 0x5C
 	sbFeatureIncompat = 0x60
 	sbFeatureROCompat = 0x64
 	sbUUID            = 0x68
+	sbLastMounted     = 0x88
+	sbJournalInum     = 0xE0
 	sbHashSeed        = 0xEC
+	sbJnlBackupType   = 0xFD
 	sbDescSize        = 0xFE
 	sbMkfsTime        = 0x108
+	sbJnlBlocks       = 0x10C
 	sbBlocksCountHi   = 0x150
+	sbFlags           = 0x160
 	sbBackupBGs       = 0x24C
 	sbChecksumSeed    = 0x270
 	sbWriteTimeHi     = 0x274
@@ -111,6 +130,8 @@ const (
 	sbLastCheckHi     = 0x277
 	sbChecksum        = 0x3FC
 
+	compatHasJournal     = 0x4
+	compatDirIndex       = 0x20
 	compatSparseSuper2   = 0x200
 	incompat64Bit        = 0x80
 	incompatCsumSeed     = 0x2000
@@ -120,12 +141,20 @@ const (
 	gdInodeTableLo = 0x08
 	gdInodeTableHi = 0x28
 
+	flagSignedHash  = 0x1 // EXT2_FLAGS_SIGNED_HASH in s_flags
+	jnlBackupBlocks = 1   // EXT3_JNL_BACKUP_BLOCKS: s_jnl_blocks holds i_block
+	jnlBackupSize   = 17 * 4
+
 	inodeMode        = 0x00
+	inodeSizeLo      = 0x04
 	inodeAtime       = 0x08
 	inodeCtime       = 0x0C
 	inodeMtime       = 0x10
 	inodeLinks       = 0x1A
+	inodeBlock       = 0x28
+	inodeBlockSize   = 60 // i_block: 15 words, the extent tree root
 	inodeGeneration  = 0x64
+	inodeSizeHigh    = 0x6C
 	inodeChecksumLo  = 0x7C
 	inodeGoodOldSize = 0x80 // end of the base inode; i_extra_isize follows
 	inodeExtraIsize  = 0x80
@@ -221,14 +250,22 @@ func (g ext4Geometry) superblockOffset(n int64) int64 {
 	return (n*g.blocksPerGroup + g.firstDataBlock) * g.blockSize
 }
 
-// pinExt4 makes a fresh go-diskfs ext4 reproducible. go-diskfs v1.9.4 sets
-// the superblock times (mount time included) and the reserved inodes' times
-// to time.Now(), and draws the htree hash seed from crypto/rand, with no
-// parameter for either. On the partition (r and w address the same bytes)
-// this sets those times to epoch in every superblock copy and in the in-use
-// inodes of group 0 (the only inodes mkfs creates), sets the hash seed (no
-// directory is indexed yet, so nothing hashed with the old seed exists), and
-// recomputes the inode and superblock checksums the changes invalidate.
+// pinExt4 finishes a fresh go-diskfs ext4 on the partition (r and w
+// address the same bytes):
+//
+//   - Reproducibility. go-diskfs v1.9.4 sets the superblock times (mount
+//     time included) and the times of the inodes it creates to time.Now(),
+//     and draws the htree hash seed from crypto/rand, with no parameter for
+//     either. This sets those times to epoch in every superblock copy and
+//     in the in-use inodes of group 0 (the only inodes mkfs creates), and
+//     sets the hash seed (no directory is indexed yet, so nothing hashed
+//     with the old seed exists).
+//   - Completeness. go-diskfs marks the superblock as holding a backup of
+//     the journal inode's block map but leaves the backup empty (e2fsck -p
+//     fills it in and exits 1), and leaves s_block_group_nr 0 in backup
+//     superblocks. This fills both in as mke2fs does.
+//
+// The inode and superblock checksums the changes invalidate are recomputed.
 func pinExt4(r io.ReaderAt, w io.WriterAt, epoch time.Time, seed [16]byte) error {
 	primary := make([]byte, ext4SuperblockSize)
 	if _, err := r.ReadAt(primary, ext4SuperblockOffset); err != nil {
@@ -238,7 +275,15 @@ func pinExt4(r io.ReaderAt, w io.WriterAt, epoch time.Time, seed [16]byte) error
 	if err != nil {
 		return err
 	}
-	if err := pinInodes(r, w, g, primary, epoch); err != nil {
+	table, err := inodeTableOfGroup0(r, g)
+	if err != nil {
+		return err
+	}
+	if err := pinInodes(r, w, g, table, primary, epoch); err != nil {
+		return err
+	}
+	fix := superblockFix{epoch: epoch, hashSeed: seed}
+	if fix.journalBackup, err = journalBackup(r, g, table, primary); err != nil {
 		return err
 	}
 	sb := make([]byte, ext4SuperblockSize)
@@ -255,7 +300,7 @@ func pinExt4(r io.ReaderAt, w io.WriterAt, epoch time.Time, seed [16]byte) error
 		if binary.LittleEndian.Uint16(sb[sbMagic:]) != ext4Magic || !bytes.Equal(sb[sbUUID:sbUUID+16], primary[sbUUID:sbUUID+16]) {
 			return fmt.Errorf("group %d has no superblock copy at byte %d", n, off)
 		}
-		pinSuperblock(sb, g, epoch, seed)
+		fix.apply(sb, g, n)
 		if _, err := w.WriteAt(sb, off); err != nil {
 			return fmt.Errorf("write superblock copy of group %d: %w", n, err)
 		}
@@ -263,9 +308,17 @@ func pinExt4(r io.ReaderAt, w io.WriterAt, epoch time.Time, seed [16]byte) error
 	return nil
 }
 
-func pinSuperblock(sb []byte, g ext4Geometry, epoch time.Time, seed [16]byte) {
-	sec := epoch.Unix()
-	for _, f := range []struct {
+// superblockFix is what pinExt4 writes into every superblock copy.
+type superblockFix struct {
+	epoch         time.Time
+	hashSeed      [16]byte
+	journalBackup []byte // s_jnl_blocks; nil when there is no internal journal
+}
+
+// apply fixes sb, the superblock copy of group n.
+func (f superblockFix) apply(sb []byte, g ext4Geometry, n int64) {
+	sec := f.epoch.Unix()
+	for _, t := range []struct {
 		lo, hi int
 		t      int64
 	}{
@@ -276,26 +329,70 @@ func pinSuperblock(sb []byte, g ext4Geometry, epoch time.Time, seed [16]byte) {
 		{sbLastCheck, sbLastCheckHi, sec},
 		{sbMkfsTime, sbMkfsTimeHi, sec},
 	} {
-		binary.LittleEndian.PutUint32(sb[f.lo:], uint32(f.t))
-		sb[f.hi] = byte(f.t >> 32)
+		binary.LittleEndian.PutUint32(sb[t.lo:], uint32(t.t))
+		sb[t.hi] = byte(t.t >> 32)
 	}
-	copy(sb[sbHashSeed:sbHashSeed+16], seed[:])
+	copy(sb[sbHashSeed:sbHashSeed+16], f.hashSeed[:])
+	// Without a hint the first kernel to mount the filesystem records its
+	// own char signedness (e2fsck -p adds it too); x86 mke2fs writes
+	// "signed". Pinned so every reader hashes names the same way.
+	if g.compat&compatDirIndex != 0 {
+		binary.LittleEndian.PutUint32(sb[sbFlags:], binary.LittleEndian.Uint32(sb[sbFlags:])|flagSignedHash)
+	}
+	// go-diskfs records a mount on "/" that never happened; mke2fs leaves
+	// the field empty.
+	clear(sb[sbLastMounted : sbLastMounted+64])
+	// Tools that fall back to a backup superblock (e2fsck -b) expect it
+	// to name its own group.
+	binary.LittleEndian.PutUint16(sb[sbBlockGroupNr:], uint16(n))
+	if f.journalBackup != nil {
+		copy(sb[sbJnlBlocks:sbJnlBlocks+jnlBackupSize], f.journalBackup)
+		sb[sbJnlBackupType] = jnlBackupBlocks
+	}
 	if g.roCompat&roCompatMetadataCsum != 0 {
 		binary.LittleEndian.PutUint32(sb[sbChecksum:], crc32c(^uint32(0), sb[:sbChecksum]))
 	}
 }
 
-// pinInodes rewrites the times of in-use inodes 1..first_ino (the reserved
-// inodes and lost+found, all in group 0).
-func pinInodes(r io.ReaderAt, w io.WriterAt, g ext4Geometry, sb []byte, epoch time.Time) error {
+// inodeTableOfGroup0 returns the first block of group 0's inode table.
+func inodeTableOfGroup0(r io.ReaderAt, g ext4Geometry) (int64, error) {
 	gd := make([]byte, g.descSize)
 	if _, err := r.ReadAt(gd, (g.firstDataBlock+1)*g.blockSize); err != nil {
-		return fmt.Errorf("read group descriptor 0: %w", err)
+		return 0, fmt.Errorf("read group descriptor 0: %w", err)
 	}
 	table := int64(binary.LittleEndian.Uint32(gd[gdInodeTableLo:]))
 	if g.descSize >= 64 {
 		table |= int64(binary.LittleEndian.Uint32(gd[gdInodeTableHi:])) << 32
 	}
+	return table, nil
+}
+
+// journalBackup returns the superblock's copy of the journal inode's block
+// map (s_jnl_blocks): i_block in words 0..14, then i_size_high and i_size.
+// e2fsck uses it to find the journal when the inode is damaged. It returns
+// nil when the filesystem has no journal inode.
+func journalBackup(r io.ReaderAt, g ext4Geometry, table int64, sb []byte) ([]byte, error) {
+	n := int64(binary.LittleEndian.Uint32(sb[sbJournalInum:]))
+	if g.compat&compatHasJournal == 0 || n == 0 {
+		return nil, nil
+	}
+	if n > g.inodesPerGroup {
+		return nil, fmt.Errorf("journal inode %d is not in group 0, where mkfs puts it", n)
+	}
+	ino := make([]byte, g.inodeSize)
+	if _, err := r.ReadAt(ino, table*g.blockSize+(n-1)*g.inodeSize); err != nil {
+		return nil, fmt.Errorf("read journal inode %d: %w", n, err)
+	}
+	b := make([]byte, jnlBackupSize)
+	copy(b, ino[inodeBlock:inodeBlock+inodeBlockSize])
+	copy(b[inodeBlockSize:], ino[inodeSizeHigh:inodeSizeHigh+4])
+	copy(b[inodeBlockSize+4:], ino[inodeSizeLo:inodeSizeLo+4])
+	return b, nil
+}
+
+// pinInodes rewrites the times of in-use inodes 1..first_ino (the reserved
+// inodes and lost+found, all in group 0).
+func pinInodes(r io.ReaderAt, w io.WriterAt, g ext4Geometry, table int64, sb []byte, epoch time.Time) error {
 	csumSeed := crc32c(^uint32(0), sb[sbUUID:sbUUID+16])
 	if g.incompat&incompatCsumSeed != 0 {
 		csumSeed = binary.LittleEndian.Uint32(sb[sbChecksumSeed:])

@@ -9,7 +9,7 @@ package e2e
 // "BERTH-E2E key=value" lines on the serial console, leaves markers in the
 // persistent places, and powers the VM off.
 const probeScript = `#!/bin/sh
-say() { echo "BERTH-E2E $*"; }
+say() { printf 'BERTH-E2E %s\n' "$*"; }
 mkdir -p /var/lib/berth-e2e
 boot=$(( $(cat /var/lib/berth-e2e/boots 2>/dev/null || echo 0) + 1 ))
 echo $boot > /var/lib/berth-e2e/boots
@@ -44,7 +44,8 @@ if [ -e /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-44
 fi
 say bless-state=$state
 # The loader renamed the entry it counted and names the new file here.
-say counted-entry=$(tail -c +5 /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tr -d '\000')
+# (efivarfs: 4 bytes of attributes, then UTF-16; efivarfs cannot seek.)
+say counted-entry=$(cat /sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | tail -c +5 | tr -d '\000')
 say entries=$(ls /efi/loader/entries | tr '\n' ',')
 say failed-units=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ',')
 # Boot timing in microseconds since the kernel started (firmware and loader
