@@ -54,6 +54,10 @@ func initBinary(t testing.TB) string {
 		if initErr != nil {
 			return
 		}
+		// Readable by all: one test runs berth-build as an unprivileged user.
+		if initErr = os.Chmod(initDir, 0o755); initErr != nil {
+			return
+		}
 		initPath = filepath.Join(initDir, "berth-init")
 		cmd := exec.Command("go", "build", "-trimpath", "-o", initPath, "../initrd/init")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
