@@ -60,7 +60,6 @@ type Manifest struct {
 	InitrdBytes   int64             `json:"initrd_bytes"`
 	DiskBytes     int64             `json:"disk_bytes"`
 	SHA256        map[string]string `json:"sha256"`
-	Seconds       map[string]string `json:"seconds"`
 }
 
 // Preflight checks what the build needs before any work starts, so that
@@ -116,11 +115,9 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	prog := progress.New(log)
 	defer prog.Done()
 	epoch := time.Unix(s.Epoch, 0).UTC()
-	m := Manifest{Name: s.Name, Version: s.Version, BaseKey: s.BaseKey(), SHA256: map[string]string{}, Seconds: map[string]string{}}
-	timed := func(name string, start time.Time) { m.Seconds[name] = fmt.Sprintf("%.1f", time.Since(start).Seconds()) }
+	m := Manifest{Name: s.Name, Version: s.Version, BaseKey: s.BaseKey(), SHA256: map[string]string{}}
 
 	// 1. Base root.
-	t := time.Now()
 	prog.Step("base root", "spec", s.Path)
 	baseTar, cached, err := rootfs.BaseTar(ctx, s, o.CacheDir, log)
 	if err != nil {
@@ -149,10 +146,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 			return nil, fmt.Errorf("%s: layers[%d]: %w", s.Path, i, err)
 		}
 	}
-	timed("base", t)
 
 	// 2. Customise.
-	t = time.Now()
 	prog.Step("customising the OS tree")
 	if err := rootfs.AddFiles(root, s); err != nil {
 		return nil, err
@@ -197,10 +192,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	if err := rootfs.PrepareReadOnly(root); err != nil {
 		return nil, fmt.Errorf("prepare read-only root: %w", err)
 	}
-	timed("customise", t)
 
 	// 3. initrd, from the root's own modules.
-	t = time.Now()
 	prog.Step("building the initrd")
 	var initrdBuf bytes.Buffer
 	if _, err := initrd.Build(&initrdBuf, initrd.Options{
@@ -210,10 +203,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 		return nil, fmt.Errorf("%s: initrd: %w", s.Path, err)
 	}
 	m.InitrdBytes = int64(initrdBuf.Len())
-	timed("initrd", t)
 
 	// 4. Slot filesystem.
-	t = time.Now()
 	prog.Step("building the slot filesystem", "compression", s.Slot.Compression)
 	slotImg := filepath.Join(work, "slot.squashfs")
 	if err := slotfs.Build(ctx, root, slotImg, slotfs.Options{
@@ -234,10 +225,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	if err := os.RemoveAll(root); err != nil {
 		return nil, err
 	}
-	timed("slot", t)
 
 	// 5. ESP and disk.
-	t = time.Now()
 	prog.Step("writing the disk image")
 	guid := func(what string) string { return layout.GUID(s.Name, s.Version, what) }
 	partGUIDs := [4]string{guid("esp"), guid("slot-a"), guid("slot-b"), guid("state")}
@@ -263,18 +252,15 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 		return nil, fmt.Errorf("write disk image: %w", err)
 	}
 	m.DiskBytes = disk.Size(ds)
-	timed("disk", t)
 
 	outputs := []string{rawTmp}
 	if !o.NoQcow2 {
-		t = time.Now()
 		prog.Step("converting to qcow2")
 		q := filepath.Join(work, base+".qcow2")
 		if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawTmp, q).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("qemu-img convert: %s", strings.TrimSpace(string(out)))
 		}
 		outputs = append(outputs, q)
-		timed("qcow2", t)
 	}
 	prog.Done()
 	for _, p := range outputs {

@@ -14,8 +14,14 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	ocilayout "github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
 	"github.com/berth-os/berth/builder/build"
 	"github.com/berth-os/berth/builder/disk"
+	"github.com/berth-os/berth/builder/rootfs"
 	"github.com/berth-os/berth/builder/spec"
 	"github.com/berth-os/berth/updater/layout"
 )
@@ -289,3 +295,39 @@ func TestE2EReproducible(t *testing.T) {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestE2EOCIBase builds the minimal image from an OCI layout that holds the
+// same root as the cached Debian base (one layer, written with
+// go-containerregistry): the OCI path must give the very same disk image.
+func TestE2EOCIBase(t *testing.T) {
+	debianBuilt := probeImage(t)
+	s := probeSpec(t)
+	baseTar, _, err := rootfs.BaseTar(context.Background(), s, cacheDir(), discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := tarball.LayerFromFile(baseTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	lp, err := ocilayout.Write(filepath.Join(dir, "base"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	s.Base = spec.Base{OCI: "oci-layout:" + filepath.Join(dir, "base")}
+	res, err := buildImage(s, filepath.Join(dir, "out"), initBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := sha256File(t, debianBuilt.Raw), sha256File(t, res.Raw); a != b {
+		t.Errorf("image from the OCI layout differs from the one from the Debian base: %s vs %s", b, a)
+	}
+}
