@@ -35,10 +35,19 @@ build:
 	@mkdir -p bin
 	$(GO) build $(GOFLAGS_BUILD) -o bin/berth-build ./builder/cmd/berth-build
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-init ./builder/initrd/init
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-update ./updater/cmd/berth-update
+
+# The key that signs update payloads of `make image`; made once, never
+# committed. Production images should be signed with a key kept elsewhere.
+KEY ?= keys/berth-dev
+$(KEY).key:
+	@mkdir -p $(dir $(KEY))
+	bin/berth-build keygen $(KEY)
 
 image: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "make image: building an image needs root (file owners, setuid bits, device nodes): run sudo make image" >&2; exit 1; fi
-	bin/berth-build build $(SPEC) -o $(OUT) --cache $(CACHE)
+	@$(MAKE) --no-print-directory $(KEY).key
+	bin/berth-build build $(SPEC) -o $(OUT) --cache $(CACHE) --key $(KEY).key
 
 IMAGE ?= $(firstword $(wildcard $(OUT)/*.raw))
 boot: build
@@ -49,16 +58,22 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l builder updater agent)" || { gofmt -l builder updater agent; echo "gofmt: files above need formatting" >&2; exit 1; }
 
-unit:
+unit: build
 	$(GO) test -count=1 ./...
+	@# A short run of every fuzz target (they also run their seed corpora above).
+	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$t/*_test.go | sed 's/func //'); do \
+			echo "fuzz $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$t || exit 1; \
+		done; \
+	done
 
 # End-to-end: builds images from images/minimal.yaml and boots them under qemu.
-e2e: deps
+e2e: deps build
 	BERTH_E2E=1 BERTH_CACHE=$(CACHE) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'E2E' ./builder/e2e/
 
 test: deps vet unit e2e
 
-bench: deps
+bench: deps build
 	BERTH_E2E=1 BERTH_CACHE=$(CACHE) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^$$' -bench . -benchtime 1x ./builder/e2e/
 
 clean:

@@ -32,6 +32,7 @@ import (
 	"github.com/berth-os/berth/builder/slotfs"
 	"github.com/berth-os/berth/builder/spec"
 	"github.com/berth-os/berth/updater/layout"
+	"github.com/berth-os/berth/updater/payload"
 )
 
 // Options of one build.
@@ -40,12 +41,18 @@ type Options struct {
 	CacheDir   string
 	InitBinary string // the static /init program of the initrd
 	NoQcow2    bool
+	// SigningKey is the ed25519 private key (PEM) that signs the update
+	// payload; without it no payload is written. Its public half is
+	// trusted by the image, as are the TrustKeys (.pub files).
+	SigningKey string
+	TrustKeys  []string
 	Log        *slog.Logger
 }
 
 // Result names the files a build produced and what it measured.
 type Result struct {
 	Raw, Qcow2, ManifestPath string
+	Payload                  string // OCI layout directory of the update payload, "" when unsigned
 	Manifest                 Manifest
 }
 
@@ -60,6 +67,8 @@ type Manifest struct {
 	InitrdBytes   int64             `json:"initrd_bytes"`
 	DiskBytes     int64             `json:"disk_bytes"`
 	SHA256        map[string]string `json:"sha256"`
+	// PayloadDigest is the OCI manifest digest of the update payload.
+	PayloadDigest string `json:"payload_digest,omitempty"`
 }
 
 // Preflight checks what the build needs before any work starts, so that
@@ -81,6 +90,16 @@ func Preflight(s *spec.Spec, o Options, cachedBase bool) error {
 	for _, t := range sortedKeys(tools) {
 		if _, err := exec.LookPath(t); err != nil {
 			return fmt.Errorf("%s not found: install the %s package (make deps)", t, tools[t])
+		}
+	}
+	if o.SigningKey != "" {
+		if _, err := payload.LoadPrivateKey(o.SigningKey); err != nil {
+			return fmt.Errorf("signing key: %w; make one with berth-build keygen", err)
+		}
+	}
+	for _, k := range o.TrustKeys {
+		if _, err := payload.LoadPublicKey(k); err != nil {
+			return fmt.Errorf("trusted key: %w", err)
 		}
 	}
 	if fi, err := os.Stat(o.InitBinary); err != nil || !fi.Mode().IsRegular() {
@@ -161,7 +180,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	if err := rootfs.WritePackageList(root); err != nil {
 		return nil, fmt.Errorf("package list: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Join(root, layout.KeysDir), 0o755); err != nil {
+	signingKey, err := installKeys(root, o)
+	if err != nil {
 		return nil, err
 	}
 	kernel, err := rootfs.FindKernel(root)
@@ -254,6 +274,17 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	m.DiskBytes = disk.Size(ds)
 
 	outputs := []string{rawTmp}
+	if signingKey != nil {
+		prog.Step("writing the signed update payload")
+		dir, digest, err := writePayload(work, base, s, kernel.Version, slotImg, kernelImage, initrdBuf.Bytes(), signingKey)
+		if err != nil {
+			return nil, fmt.Errorf("update payload: %w", err)
+		}
+		m.PayloadDigest = digest
+		outputs = append(outputs, dir)
+	} else {
+		log.Warn("no --key given: no signed update payload is written; make a key with berth-build keygen")
+	}
 	if !o.NoQcow2 {
 		prog.Step("converting to qcow2")
 		q := filepath.Join(work, base+".qcow2")
@@ -264,6 +295,9 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	}
 	prog.Done()
 	for _, p := range outputs {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+			continue
+		}
 		sum, err := fileSHA256(p)
 		if err != nil {
 			return nil, err
@@ -283,10 +317,17 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	// 6. Publish: fsync each file, rename, fsync the directory.
 	res := &Result{Manifest: m}
 	for _, p := range outputs {
-		if err := syncFile(p); err != nil {
+		if err := syncTree(p); err != nil {
 			return nil, err
 		}
 		dst := filepath.Join(o.OutDir, filepath.Base(p))
+		// A payload directory of an earlier build of the same version is
+		// replaced as a whole.
+		if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+			if err := os.RemoveAll(dst); err != nil {
+				return nil, fmt.Errorf("replace %s: %w", dst, err)
+			}
+		}
 		if err := os.Rename(p, dst); err != nil {
 			return nil, fmt.Errorf("publish %s: %w", dst, err)
 		}
@@ -297,6 +338,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 			res.Qcow2 = dst
 		case ".json":
 			res.ManifestPath = dst
+		case ".oci":
+			res.Payload = dst
 		}
 	}
 	if err := syncDir(o.OutDir); err != nil {
@@ -337,6 +380,19 @@ func fileSHA256(p string) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// syncTree fsyncs a file, or a directory with everything in it.
+func syncTree(p string) error {
+	return filepath.WalkDir(p, func(q string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return syncDir(q)
+		}
+		return syncFile(q)
+	})
 }
 
 func syncFile(p string) error {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,7 +37,8 @@ func berthBuild(t *testing.T) string {
 }
 
 // variantSpec writes images/minimal.yaml with edits into a fresh directory
-// (with the files it refers to) and returns its path.
+// and returns its path. Relative file sources are made absolute so they
+// still point into images/.
 func variantSpec(t *testing.T, edit func(string) string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -44,22 +46,22 @@ func variantSpec(t *testing.T, edit func(string) string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "files"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	gen, err := os.ReadFile("../../images/files/autologin-generator")
+	imagesDir, err := filepath.Abs(filepath.Dir(minimalSpec))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "files/autologin-generator"), gen, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	text := sourceLine.ReplaceAllStringFunc(edit(string(data)), func(line string) string {
+		m := sourceLine.FindStringSubmatch(line)
+		return m[1] + filepath.Join(imagesDir, m[2])
+	})
 	p := filepath.Join(dir, "spec.yaml")
-	if err := os.WriteFile(p, []byte(edit(string(data))), 0o644); err != nil {
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
+
+var sourceLine = regexp.MustCompile(`(source: )([^/\s][^\s]*)`)
 
 type cliResult struct {
 	code   int

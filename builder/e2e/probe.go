@@ -11,6 +11,8 @@ package e2e
 const probeScript = `#!/bin/sh
 say() { printf 'BERTH-E2E %s\n' "$*"; }
 mkdir -p /var/lib/berth-e2e
+# A second disk, when the test attaches one, carries payloads and a step script.
+if [ -b /dev/vdb ]; then mkdir -p /run/e2e && mount -o ro /dev/vdb /run/e2e; fi
 boot=$(( $(cat /var/lib/berth-e2e/boots 2>/dev/null || echo 0) + 1 ))
 echo $boot > /var/lib/berth-e2e/boots
 say boot=$boot
@@ -52,6 +54,8 @@ say failed-units=$(systemctl list-units --failed --plain --no-legend | awk '{pri
 # are measured on the host: TCG gives the loader no usable TSC).
 say time-userspace-us=$(systemctl show -p UserspaceTimestampMonotonic --value)
 say time-multi-user-us=$(systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target)
+say update-status=$(berth-update status --json 2>&1 | tr -d '\n')
+if [ -x /run/e2e/step.sh ]; then . /run/e2e/step.sh; fi
 sync
 say done
 systemctl poweroff
@@ -59,7 +63,9 @@ systemctl poweroff
 
 const probeUnit = `[Unit]
 Description=berth end-to-end probe
-After=multi-user.target
+After=multi-user.target berth-health.service
+# Probe only boots that passed the health gate: a failing gate reboots.
+Requires=berth-health.service
 
 [Service]
 Type=oneshot

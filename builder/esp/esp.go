@@ -35,24 +35,6 @@ func LoaderConf(timeout int) []byte {
 	return []byte(fmt.Sprintf("timeout %d\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n", timeout))
 }
 
-// SlotEntry is the boot entry of an OS in a slot.
-func SlotEntry(slot layout.Slot, osName, version, partUUID string, cmdline []string) layout.Entry {
-	opts := []string{
-		layout.CmdlineRoot + "=PARTUUID=" + partUUID,
-		layout.CmdlineSlot + "=" + string(slot),
-		"ro",
-	}
-	opts = append(opts, cmdline...)
-	return layout.Entry{
-		Title:   fmt.Sprintf("berth %s (slot %s)", version, slot),
-		Version: version,
-		SortKey: "berth",
-		Linux:   layout.KernelPath(slot),
-		Initrd:  layout.InitrdPath(slot),
-		Options: opts,
-	}
-}
-
 // Files returns the ESP contents of a freshly built image: slot A holds
 // the OS and its entry starts with in.Tries boot attempts, so even the very
 // first boot is counted and blessed like any update.
@@ -68,7 +50,7 @@ func Files(in Input) ([]File, error) {
 	if in.Tries < 1 {
 		return nil, fmt.Errorf("esp: boot tries must be at least 1, got %d", in.Tries)
 	}
-	entry := SlotEntry(layout.SlotA, in.OSName, in.Version, in.SlotPartUUID, in.Cmdline)
+	entry := layout.SlotEntry(layout.SlotA, in.Version, in.SlotPartUUID, in.Cmdline)
 	name := layout.EntryName{ID: layout.EntryID(layout.SlotA), HasCounter: true, Left: in.Tries}
 	files := []File{
 		{layout.BootLoaderPath, in.BootLoader},

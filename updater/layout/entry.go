@@ -166,3 +166,22 @@ func (e Entry) Option(key string) (string, bool) {
 	}
 	return "", false
 }
+
+// SlotEntry is the boot entry of the OS in a slot: the builder writes it
+// for slot A, the updater for whichever slot it installs into.
+func SlotEntry(slot Slot, version, partUUID string, cmdline []string) Entry {
+	opts := []string{
+		CmdlineRoot + "=PARTUUID=" + partUUID,
+		CmdlineSlot + "=" + string(slot),
+		"ro",
+	}
+	opts = append(opts, cmdline...)
+	return Entry{
+		Title:   fmt.Sprintf("berth %s (slot %s)", version, slot),
+		Version: version,
+		SortKey: "berth",
+		Linux:   KernelPath(slot),
+		Initrd:  InitrdPath(slot),
+		Options: opts,
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/berth-os/berth/builder/qemu"
 	"github.com/berth-os/berth/builder/rootfs"
 	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/payload"
 )
 
 // version is set at link time (-ldflags "-X main.version=...").
@@ -26,14 +27,17 @@ var version = "dev"
 const usage = `berth-build: build berth OS images
 
 Usage:
-  berth-build build SPEC [-o DIR] [--cache DIR] [--init PATH] [--no-qcow2]
+  berth-build build SPEC [-o DIR] [--key FILE] [--trust FILE.pub]... [--cache DIR] [--init PATH] [--no-qcow2]
+  berth-build keygen NAME       write NAME.key (private, 0600) and NAME.pub
   berth-build check SPEC        validate a spec and print what it builds
   berth-build run IMAGE [--fresh] [--net]
   berth-build version
 
 Commands:
-  build     build the disk image (raw and qcow2) and its manifest from SPEC
-            (an image spec such as images/minimal.yaml). Needs root.
+  build     build the disk image (raw and qcow2), its manifest and, with --key,
+            the signed update payload (NAME-VERSION.oci, an OCI layout) from
+            SPEC (an image spec such as images/minimal.yaml). Needs root.
+  keygen    make an ed25519 key pair for signing update payloads.
   check     parse and validate SPEC only; no root needed.
   run       boot IMAGE (a built .raw or .qcow2) in qemu with UEFI firmware and
             the serial console on this terminal (Ctrl-A X quits). Changes go
@@ -65,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "run":
 		return cmdRun(args[1:], stdout, stderr)
+	case "keygen":
+		return cmdKeygen(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "berth-build: unknown command %q; run berth-build --help\n", args[0])
 	return 2
@@ -86,8 +92,11 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	initBin := fs.String("init", defaultInit(), "the static initrd /init `program` (built by make build as bin/berth-init)")
 	noQcow2 := fs.Bool("no-qcow2", false, "write only the raw image")
 	verbose := fs.Bool("v", false, "debug logging")
+	key := fs.String("key", "", "ed25519 private key `file` that signs the update payload (berth-build keygen); the image trusts its public half")
+	var trust stringList
+	fs.Var(&trust, "trust", "another public key `file` the image trusts for updates (repeatable; for key rotation)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: berth-build build SPEC [flags]\n\nBuilds NAME-VERSION.raw, NAME-VERSION.qcow2 and NAME-VERSION.json into the output directory.\nNothing is left in it when the build fails.\n\nFlags:")
+		fmt.Fprintln(stderr, "Usage: berth-build build SPEC [flags]\n\nBuilds NAME-VERSION.raw, NAME-VERSION.qcow2, NAME-VERSION.json and, with --key,\nthe signed update payload NAME-VERSION.oci into the output directory.\nNothing is left in it when the build fails.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	specPath, err := parseWithOneArg(fs, args)
@@ -110,7 +119,8 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2, Log: log})
+	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2,
+		SigningKey: *key, TrustKeys: trust, Log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "berth-build: interrupted; nothing was written")
@@ -127,6 +137,36 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s\n", res.Qcow2)
 	}
 	fmt.Fprintf(stdout, "  %s\n", res.ManifestPath)
+	if res.Payload != "" {
+		fmt.Fprintf(stdout, "  %s (update payload, %s)\n", res.Payload, m.PayloadDigest)
+	}
+	return 0
+}
+
+type stringList []string
+
+func (l *stringList) String() string     { return fmt.Sprint(*l) }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func cmdKeygen(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: berth-build keygen NAME\n\nWrites NAME.key (ed25519 private key, mode 0600) and NAME.pub. Existing files are never overwritten.\nSign builds with --key NAME.key; images built so trust NAME.pub.")
+	}
+	name, err := parseWithOneArg(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build keygen: %v\n", err)
+		return 2
+	}
+	if err := payload.GenerateKey(name+".key", name+".pub"); err != nil {
+		fmt.Fprintf(stderr, "berth-build keygen: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "wrote %s.key and %s.pub\n", name, name)
 	return 0
 }
 

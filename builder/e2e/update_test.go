@@ -1,0 +1,295 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ed25519"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-os/berth/builder/build"
+	"github.com/berth-os/berth/builder/qemu"
+	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/payload"
+)
+
+// stepScript is sourced by the probe on every probed boot; $boot counts
+// probed boots. It drives the update scenario from inside the guest.
+const stepScript = `
+E=/run/e2e
+entries() { ls /efi/loader/entries | tr '\n' ','; }
+case "$boot" in
+1)
+	say v1-entries=$(entries)
+	# A payload with one flipped byte in the slot blob is refused, and
+	# nothing on the ESP or in the passive slot changes.
+	cp -a $E/v2.oci /tmp/tampered.oci
+	blob=$(ls -S /tmp/tampered.oci/blobs/sha256/* | head -1)
+	printf '\377' | dd of="$blob" bs=1 seek=4096 conv=notrunc status=none
+	berth-update apply /tmp/tampered.oci > /tmp/out 2>&1; say tampered-exit=$?
+	say tampered-error=$(tail -1 /tmp/out)
+	rm -rf /tmp/tampered.oci
+	berth-update apply $E/wrongkey.oci > /tmp/out 2>&1; say wrongkey-exit=$?
+	say wrongkey-error=$(tail -1 /tmp/out)
+	say after-refusals-entries=$(entries)
+	say after-refusals-other=$(berth-update status --json | sed -n 's/.*"other".*"state": *"\([a-z-]*\)".*/\1/p' | head -1)
+	berth-update apply --dry-run $E/v2.oci > /tmp/out 2>&1; say dryrun-exit=$?
+	say dryrun-entries=$(entries)
+	# Power loss during apply: SIGKILL at several points. The booted,
+	# blessed entry must stay, and no half-written entry may appear.
+	for d in 0.2 0.6 1.5 3; do
+		berth-update apply $E/v2.oci > /dev/null 2>&1 & pid=$!
+		sleep $d; kill -9 $pid 2>/dev/null; wait $pid; rc=$?
+		say kill-$d=rc:$rc,entries:$(entries)
+	done
+	berth-update apply $E/v2.oci > /tmp/out 2>&1; say apply-v2-exit=$?
+	say apply-v2-output=$(tail -1 /tmp/out)
+	say after-v2-entries=$(entries)
+	;;
+2)
+	berth-update apply $E/v2.oci > /tmp/out 2>&1; say same-exit=$?
+	say same-error=$(tail -1 /tmp/out)
+	berth-update apply $E/v3.oci > /tmp/out 2>&1; say apply-v3-exit=$?
+	say after-v3-entries=$(entries)
+	;;
+3)
+	berth-update apply $E/v2.oci > /tmp/out 2>&1; say downgrade-exit=$?
+	say downgrade-error=$(tail -1 /tmp/out)
+	berth-update apply $E/v4.oci > /tmp/out 2>&1; say apply-v4-exit=$?
+	;;
+4)
+	berth-update apply $E/v5.oci > /tmp/out 2>&1; say apply-v5-exit=$?
+	;;
+7)
+	berth-update apply $E/v5.oci > /tmp/out 2>&1; say reapply-v5-exit=$?
+	say reapply-entries=$(entries)
+	;;
+esac
+`
+
+// TestE2EUpdate boots v1, updates to v2 (slot B) and v3 (slot A) through
+// signed payloads on an attached disk, then lets a v4 that fails its
+// health check and a v5 whose init dies roll back by themselves.
+func TestE2EUpdate(t *testing.T) {
+	requireE2E(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	if err := payload.GenerateKey(key+".key", key+".pub"); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other")
+	if err := payload.GenerateKey(other+".key", other+".pub"); err != nil {
+		t.Fatal(err)
+	}
+
+	versions := []struct {
+		version string
+		edit    func(*spec.Spec)
+	}{
+		{"0.1.0", nil},
+		{"0.2.0", nil},
+		{"0.3.0", nil},
+		{"0.4.0", func(s *spec.Spec) {
+			check := "#!/bin/sh\necho disk on fire >&2\nexit 1\n"
+			s.Files = append(s.Files, spec.File{Path: "/etc/berth/health.d/50-disk", Content: &check, Mode: 0o755})
+		}},
+		{"0.5.0", func(s *spec.Spec) { s.Kernel.Cmdline = append(s.Kernel.Cmdline, "init=/bin/false") }},
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var v1 *build.Result
+	for _, v := range versions {
+		s := probeSpec(t)
+		s.Version = v.version
+		if v.edit != nil {
+			v.edit(s)
+		}
+		out := filepath.Join(dir, "out-"+v.version)
+		start := time.Now()
+		res, err := build.Run(context.Background(), s, build.Options{OutDir: out, CacheDir: cacheDir(), InitBinary: initBinary(t),
+			SigningKey: key + ".key", NoQcow2: true, Log: discardLog()})
+		if err != nil {
+			t.Fatalf("build %s: %v", v.version, err)
+		}
+		t.Logf("built %s with payload in %.1fs", v.version, time.Since(start).Seconds())
+		if v.version == "0.1.0" {
+			v1 = res
+			continue
+		}
+		name := "v" + strings.Split(v.version, ".")[1] + ".oci"
+		if err := os.Rename(res.Payload, filepath.Join(data, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// v2 again, signed by a key the image does not trust.
+	resign(t, filepath.Join(data, "v2.oci"), key+".pub", other+".key", filepath.Join(data, "wrongkey.oci"))
+	if err := os.WriteFile(filepath.Join(data, "step.sh"), []byte(stepScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dataImg := filepath.Join(dir, "data.img")
+	if out, err := exec.Command("mke2fs", "-q", "-t", "ext4", "-L", "E2E", "-d", data, dataImg, "1G").CombinedOutput(); err != nil {
+		t.Fatalf("mke2fs: %v: %s", err, out)
+	}
+
+	overlay := filepath.Join(dir, "disk.qcow2")
+	if err := qemu.Overlay(v1.Raw, overlay, 0); err != nil {
+		t.Fatal(err)
+	}
+	vmDir := filepath.Join(dir, "vm")
+	extra := []string{"-drive", "if=virtio,format=raw,readonly=on,file=" + dataImg}
+	boot := func(name string) map[string]string {
+		t.Helper()
+		got, _ := updateBoot(t, overlay, vmDir, extra, name)
+		return got
+	}
+
+	// 1: v1 from slot A refuses bad payloads, survives kills, installs v2.
+	b1 := boot("v1")
+	expectProbe(t, b1, map[string]string{
+		"slot": "a", "os-version": "0.1.0", "tampered-exit": "1", "wrongkey-exit": "1",
+		"after-refusals-entries": "berth-a.conf,", "dryrun-exit": "0", "dryrun-entries": "berth-a.conf,",
+		"apply-v2-exit": "0", "after-v2-entries": "berth-a.conf,berth-b+3.conf,",
+	}, "")
+	for _, d := range []string{"0.2", "0.6", "1.5", "3"} {
+		// Killed: only the blessed A entry; or the apply had finished.
+		if v := b1["kill-"+d]; !strings.HasSuffix(v, "entries:berth-a.conf,") && v != "rc:0,entries:berth-a.conf,berth-b+3.conf," {
+			t.Errorf("after SIGKILL at %ss: %s", d, v)
+		}
+	}
+	t.Logf("refusals: tampered: %s; wrong key: %s", b1["tampered-error"], b1["wrongkey-error"])
+
+	// 2: v2 from slot B, blessed; installs v3 into slot A.
+	b2 := boot("v2")
+	expectProbe(t, b2, map[string]string{
+		"slot": "b", "os-version": "0.2.0", "bless-state": "active", "same-exit": "1", "counted-entry": `\loader\entries\berth-b+2-1.conf`,
+		"apply-v3-exit": "0", "after-v3-entries": "berth-a+3.conf,berth-b.conf,",
+	}, "")
+
+	// 3: v3 from slot A; a downgrade is refused; installs v4 (bad health).
+	b3 := boot("v3")
+	expectProbe(t, b3, map[string]string{"slot": "a", "os-version": "0.3.0", "downgrade-exit": "1", "apply-v4-exit": "0"}, "")
+
+	// 4: v4 fails its health check on each of its 3 tries; v3 boots again
+	// and reports the rollback with the reason.
+	b4 := boot("v4 rollback")
+	expectProbe(t, b4, map[string]string{"slot": "a", "os-version": "0.3.0", "apply-v5-exit": "0"}, "")
+	if s := b4["update-status"]; !strings.Contains(s, "rolled back from 0.4.0 to 0.3.0") || !strings.Contains(s, "disk on fire") {
+		t.Errorf("status after the v4 rollback does not give the reason: %s", s)
+	}
+
+	// 5: v5's init dies; after its tries v3 boots and says so.
+	b5 := boot("v5 rollback")
+	expectProbe(t, b5, map[string]string{"slot": "a", "os-version": "0.3.0"}, "")
+	if s := b5["update-status"]; !strings.Contains(s, "rolled back from 0.5.0 to 0.3.0") {
+		t.Errorf("status after the v5 rollback: %s", s)
+	}
+
+	// 6: the power is cut while v5 is being written again; v3 still boots
+	// and a new apply succeeds.
+	cutPowerDuringApply(t, overlay, vmDir, extra, dataImg, data)
+	b6 := boot("after power cut")
+	expectProbe(t, b6, map[string]string{"slot": "a", "os-version": "0.3.0", "reapply-v5-exit": "0"}, "")
+}
+
+// updateBoot starts the VM and waits for the probe's "done"; reboots in
+// between (health failures, kernel panics) happen inside one qemu run.
+func updateBoot(t *testing.T, disk, vmDir string, extra []string, name string) (map[string]string, string) {
+	t.Helper()
+	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: disk, StateDir: vmDir, ExtraArgs: extra})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	start := time.Now()
+	if _, err := vm.WaitFor(regexp.MustCompile(`BERTH-E2E done`), 2*bootTimeout); err != nil {
+		t.Fatalf("%s: %v\n--- serial console ---\n%s", name, err, vm.Output())
+	}
+	if err := vm.Wait(2 * time.Minute); err != nil {
+		t.Errorf("%s: VM did not power off: %v", name, err)
+	}
+	out := vm.Output()
+	got := map[string]string{}
+	for _, m := range probeLine.FindAllStringSubmatch(out, -1) {
+		got[m[1]] = m[2]
+	}
+	t.Logf("%s: probed boot %s after %.0fs (%d boots of the kernel)", name, got["boot"], time.Since(start).Seconds(), strings.Count(out, "Linux version"))
+	if t.Failed() {
+		t.Logf("--- serial console (%s) ---\n%s", name, out)
+	}
+	return got, out
+}
+
+// cutPowerDuringApply boots, starts an apply of v5 by a one-off step and
+// kills qemu once the slot write is under way.
+func cutPowerDuringApply(t *testing.T, disk, vmDir string, extra []string, dataImg, data string) {
+	t.Helper()
+	// The probe sources step.sh by probed-boot number; boot 6 is this one.
+	// berth-update's progress goes straight to the console.
+	step := stepScript + "\ncase \"$boot\" in 6) berth-update apply $E/v5.oci; say not-cut=1;; esac\n"
+	if err := os.WriteFile(filepath.Join(data, "step.sh"), []byte(step), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dataImg)
+	if out, err := exec.Command("mke2fs", "-q", "-t", "ext4", "-L", "E2E", "-d", data, dataImg, "1G").CombinedOutput(); err != nil {
+		t.Fatalf("mke2fs: %v: %s", err, out)
+	}
+	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: disk, StateDir: vmDir, ExtraArgs: extra})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.WaitFor(regexp.MustCompile(`writing slot: [1-9]0%`), 2*bootTimeout); err != nil {
+		vm.Kill()
+		t.Fatalf("power cut: %v\n%s", err, vm.Output())
+	}
+	vm.Kill()
+	vm.Wait(time.Minute)
+	t.Logf("power cut during the slot write")
+}
+
+// resign writes src's payload again, signed with another key.
+func resign(t *testing.T, src, trustedPub, keyPath, dst string) {
+	t.Helper()
+	pub, err := payload.LoadPublicKey(trustedPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := payload.Open(context.Background(), src, []ed25519.PublicKey{pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	parts := payload.Parts{Slot: filepath.Join(dir, "slot"), Kernel: filepath.Join(dir, "kernel"), Initrd: filepath.Join(dir, "initrd")}
+	for path, open := range map[string]func() (io.ReadCloser, error){parts.Slot: p.Slot, parts.Kernel: p.Kernel, parts.Initrd: p.Initrd} {
+		rc, err := open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(f, rc); err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+		f.Close()
+	}
+	key, err := payload.LoadPrivateKey(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _, err := payload.Create(p.Manifest, parts, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := payload.WriteLayout(dst, img, p.Manifest.Version); err != nil {
+		t.Fatal(err)
+	}
+}
