@@ -17,7 +17,7 @@ import (
 // minutes on two cores; the limit is generous for a loaded CI machine.
 const bootTimeout = 8 * time.Minute
 
-var probeLine = regexp.MustCompile(`(?m)BERTH-E2E ([a-z-]+)[=:] ?(.*?)\r?$`)
+var probeLine = regexp.MustCompile(`(?m)BERTH-E2E ([a-z0-9.-]+)[=:] ?(.*?)\r?$`)
 
 // probeBoot boots the disk until the probe powers the VM off and returns
 // what the probe reported.

@@ -159,6 +159,7 @@ func TestE2EUpdate(t *testing.T) {
 	}, "")
 	for _, d := range []string{"0.2", "0.6", "1.5", "3"} {
 		// Killed: only the blessed A entry; or the apply had finished.
+		t.Logf("SIGKILL %ss into apply: %s", d, b1["kill-"+d])
 		if v := b1["kill-"+d]; !strings.HasSuffix(v, "entries:berth-a.conf,") && v != "rc:0,entries:berth-a.conf,berth-b+3.conf," {
 			t.Errorf("after SIGKILL at %ss: %s", d, v)
 		}
