@@ -36,6 +36,8 @@ build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/berth-build ./builder/cmd/berth-build
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-init ./builder/initrd/init
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-update ./updater/cmd/berth-update
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-agent ./agent/cmd/berth-agent
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berthctl ./agent/cmd/berthctl
 
 # The key that signs update payloads of `make image`; made once, never
 # committed. Production images should be signed with a key kept elsewhere.

@@ -1,0 +1,298 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/berth-os/berth/agent/state"
+)
+
+const callTimeout = 5 * time.Second
+
+func isAlreadyExists(err error) bool {
+	return errors.Is(err, rpctypes.ErrRoleAlreadyExist) || errors.Is(err, rpctypes.ErrUserAlreadyExist) ||
+		errors.Is(err, rpctypes.ErrGRPCRoleAlreadyExist) || errors.Is(err, rpctypes.ErrGRPCUserAlreadyExist)
+}
+
+// refreshRole reads this member's learner flag from the local membership
+// and, once promoted, lets the client use the local endpoint too.
+func (a *Agent) refreshRole(ctx context.Context) {
+	e := a.embedded()
+	if e == nil {
+		return
+	}
+	m := e.Server.Cluster().Member(e.Server.MemberID())
+	if m == nil {
+		return
+	}
+	if m.IsLearner {
+		a.setRole(state.RoleLearner)
+		return
+	}
+	if a.Role() == state.RoleVoter {
+		return
+	}
+	a.setRole(state.RoleVoter)
+	a.log.Info("this node is a voting member")
+	if eps := a.cli.Endpoints(); !slices.Contains(eps, a.opts.ClientURL) {
+		a.cli.SetEndpoints(append(slices.Clone(eps), a.opts.ClientURL)...)
+	}
+	a.mu.Lock()
+	if !slices.Contains(a.st.Endpoints, a.opts.ClientURL) {
+		a.st.Endpoints = append(a.st.Endpoints, a.opts.ClientURL)
+	}
+	err := a.saveNodeState(a.st)
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Warn("cannot save node state", "err", err)
+	}
+	if p := a.publisher(); p != nil {
+		p.Trigger()
+	}
+}
+
+// memberLoop runs on every member; only the etcd leader's agent acts, so
+// decisions are made once, by the node with the freshest view.
+func (a *Agent) memberLoop(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	missingSince := map[string]time.Time{}
+	unstartedSince := map[uint64]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		a.refreshRole(ctx)
+		e := a.embedded()
+		if e == nil || e.Server.Leader() != e.Server.MemberID() {
+			clear(missingSince) // a new leader watches from scratch: no stale clocks
+			clear(unstartedSince)
+			continue
+		}
+		if err := a.reconcile(ctx, missingSince, unstartedSince); err != nil {
+			a.log.Debug("reconcile", "err", err)
+		}
+	}
+}
+
+func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time, unstartedSince map[uint64]time.Time) error {
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	list, err := a.cli.MemberList(cctx)
+	if err != nil {
+		return fmt.Errorf("list members: %w", err)
+	}
+	now := time.Now()
+	self := uint64(a.embedded().Server.MemberID())
+
+	for _, m := range list.Members {
+		if !m.IsLearner {
+			continue
+		}
+		if m.Name == "" { // added but never started
+			first, ok := unstartedSince[m.ID]
+			if !ok {
+				unstartedSince[m.ID] = now
+			} else if now.Sub(first) > a.opts.DeadAfter {
+				a.removeMember(cctx, m, "learner never started")
+				delete(unstartedSince, m.ID)
+			}
+			continue
+		}
+		// Fails until the learner has caught up with the log: retried on
+		// the next tick.
+		if _, err := a.cli.MemberPromote(cctx, m.ID); err != nil {
+			a.log.Debug("promotion not possible yet", "name", m.Name, "err", err)
+			continue
+		}
+		promotionsTotal.Inc()
+		a.log.Info("promoted learner to voter", "name", m.Name)
+		a.updateRoleEntry(cctx, m.Name, state.RoleVoter)
+	}
+
+	docs, err := a.cli.Get(cctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("list node documents: %w", err)
+	}
+	alive := map[string]bool{}
+	for _, kv := range docs.Kvs {
+		if name, ok := state.NameFromKey(state.NodesPrefix, string(kv.Key)); ok {
+			alive[name] = true
+		}
+	}
+	for name := range missingSince {
+		if alive[name] {
+			delete(missingSince, name)
+		}
+	}
+	for _, m := range list.Members {
+		if m.IsLearner || m.ID == self || m.Name == "" || alive[m.Name] {
+			continue
+		}
+		first, ok := missingSince[m.Name]
+		if !ok {
+			missingSince[m.Name] = now
+			continue
+		}
+		if now.Sub(first) <= a.opts.DeadAfter {
+			continue
+		}
+		if a.removeMember(cctx, m, fmt.Sprintf("node document missing for %s", now.Sub(first).Round(time.Second))) {
+			delete(missingSince, m.Name)
+			a.askClientToJoin(cctx, alive)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) removeMember(ctx context.Context, m *etcdserverpb.Member, why string) bool {
+	if _, err := a.cli.MemberRemove(ctx, m.ID); err != nil {
+		a.log.Warn("cannot remove member", "name", m.Name, "id", types.ID(m.ID).String(), "reason", why, "err", err)
+		return false
+	}
+	membersRemovedTotal.Inc()
+	a.log.Warn("removed member", "name", m.Name, "id", types.ID(m.ID).String(), "reason", why)
+	return true
+}
+
+// askClientToJoin picks a live client node and asks it, through its
+// promote key, to become a member in place of a removed voter.
+func (a *Agent) askClientToJoin(ctx context.Context, alive map[string]bool) {
+	roles, err := a.cli.Get(ctx, state.RolesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		a.log.Warn("cannot list roles to replace a voter", "err", err)
+		return
+	}
+	for _, kv := range roles.Kvs {
+		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
+		var entry state.RoleEntry
+		if !ok || json.Unmarshal(kv.Value, &entry) != nil || entry.Role != state.RoleClient || !alive[name] {
+			continue
+		}
+		if _, err := a.cli.Put(ctx, state.PromoteKey(name), time.Now().UTC().Format(time.RFC3339)); err != nil {
+			a.log.Warn("cannot ask client to become a member", "name", name, "err", err)
+			return
+		}
+		a.log.Info("asked client node to become a member", "name", name)
+		return
+	}
+	a.log.Warn("no live client node can replace the removed voter")
+}
+
+func (a *Agent) updateRoleEntry(ctx context.Context, name, role string) {
+	entry := state.RoleEntry{}
+	if got, err := a.cli.Get(ctx, state.RoleKey(name)); err == nil && len(got.Kvs) > 0 {
+		_ = json.Unmarshal(got.Kvs[0].Value, &entry)
+	}
+	entry.Role = role
+	data, _ := json.Marshal(entry)
+	if _, err := a.cli.Put(ctx, state.RoleKey(name), string(data)); err != nil {
+		a.log.Warn("cannot record role", "name", name, "role", role, "err", err)
+	}
+}
+
+// watchPromotion runs on client nodes: when the leader's agent asks (the
+// node's promote key appears), the node adds itself as a learner and starts
+// an etcd member.
+func (a *Agent) watchPromotion(ctx context.Context) error {
+	key := state.PromoteKey(a.opts.Name)
+	for {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := a.cli.Watch(wctx, key)
+		gctx, gcancel := context.WithTimeout(ctx, callTimeout)
+		got, err := a.cli.Get(gctx, key)
+		gcancel()
+		asked := err == nil && len(got.Kvs) > 0
+		for !asked {
+			select {
+			case <-ctx.Done():
+				cancel()
+				return nil
+			case resp, ok := <-wch:
+				if !ok || resp.Err() != nil {
+					asked = false
+					goto retry
+				}
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypePut {
+						asked = true
+					}
+				}
+			}
+		}
+		cancel()
+		return a.becomeMember(ctx)
+	retry:
+		cancel()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) becomeMember(ctx context.Context) error {
+	a.log.Info("asked to become a member: joining as learner")
+	var initial string
+	backoff := 500 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		added, err := a.cli.MemberAddAsLearner(cctx, []string{a.opts.PeerURL})
+		cancel()
+		if err == nil {
+			var parts []string
+			for _, m := range added.Members {
+				name := m.Name
+				switch {
+				case m.ID == added.Member.ID:
+					name = a.opts.Name
+				case name == "":
+					name = fmt.Sprintf("unstarted-%x", m.ID)
+				}
+				for _, u := range m.PeerURLs {
+					parts = append(parts, name+"="+u)
+				}
+			}
+			initial = strings.Join(parts, ",")
+			break
+		}
+		a.log.Debug("add self as learner failed, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+	a.mu.Lock()
+	a.st.Member, a.st.InitialCluster, a.st.ClusterState = true, initial, embed.ClusterStateFlagExisting
+	err := a.saveNodeState(a.st)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	a.setRole(state.RoleLearner)
+	if err := a.startEtcd(ctx); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	_, _ = a.cli.Delete(cctx, state.PromoteKey(a.opts.Name))
+	a.updateRoleEntry(cctx, a.opts.Name, state.RoleLearner)
+	cancel()
+	a.memberLoop(ctx)
+	return nil
+}

@@ -1,0 +1,154 @@
+// Command berth-agent runs on every berth node: it keeps the node in the
+// cluster's embedded etcd (or uses it as a client), publishes the node's
+// state, and serves health and metrics.
+//
+//	berth-agent [--config FILE] [flags]                 run the agent
+//	berth-agent issue-ops-cert --data-dir D --out DIR   write ops.crt, ops.key, ca.crt
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/berth-os/berth/agent/cluster"
+	"github.com/berth-os/berth/agent/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "issue-ops-cert" {
+		if err := issueOpsCert(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "berth-agent issue-ops-cert: %v\n", err)
+			os.Exit(exitCode(err))
+		}
+		return
+	}
+	cfg, err := config.Parse(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
+		os.Exit(2)
+	}
+	log, underJournal := newLogger(cfg.LogLevel)
+	slog.SetDefault(log)
+	if err := run(cfg, log, underJournal); err != nil {
+		log.Error("berth-agent failed", "err", err)
+		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
+	etcdLog := "stderr"
+	if underJournal {
+		etcdLog = "systemd/journal"
+	}
+	agent, err := cluster.New(cluster.Options{
+		Name: cfg.Name, DataDir: cfg.DataDir,
+		PeerURL: cfg.PeerURL, ClientURL: cfg.ClientURL, APIURL: cfg.APIURL,
+		Join: cfg.Join, Token: cfg.Token, Voters: cfg.Voters,
+		DeadAfter: cfg.DeadAfter, NodeTTL: cfg.NodeTTL,
+		HeartbeatInterval: cfg.HeartbeatInterval, ElectionTimeout: cfg.ElectionTimeout,
+		EtcdLogLevel: cfg.EtcdLogLevel, EtcdLogOutput: etcdLog,
+		AgentVersion: version, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	srv, err := serveHealth(cfg.MetricsURL, agent)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	go func() {
+		select {
+		case <-agent.ReadyNotify():
+			if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+				log.Warn("sd_notify READY failed", "err", err)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	go watchdog(ctx, agent, log)
+
+	err = agent.Run(ctx)
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	return err
+}
+
+// watchdog pings systemd at half the watchdog interval while the agent is
+// healthy. An unreachable cluster is not unhealthy: restarting the node's
+// agent would not help and must never disturb its containers.
+func watchdog(ctx context.Context, agent *cluster.Agent, log *slog.Logger) {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		return
+	}
+	tick := time.NewTicker(interval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if err := agent.Healthy(); err != nil {
+				log.Warn("watchdog ping withheld", "err", err)
+				continue
+			}
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		}
+	}
+}
+
+// serveHealth serves /healthz, /readyz and /metrics (etcd's metrics and the
+// agent's own, all in the default Prometheus registry).
+func serveHealth(rawURL string, agent *cluster.Agent) (*http.Server, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("metrics url: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := agent.Healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !agent.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok", agent.Role())
+	})
+	mux.Handle("/metrics", promhttp.Handler())
+	ln, err := net.Listen("tcp", u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return srv, nil
+}

@@ -1,0 +1,352 @@
+// Package config reads berth-agent's configuration: a strict YAML file
+// (unknown keys are errors) overridden by command-line flags. Every error is
+// one line that names the offending setting.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/berth-os/berth/agent/pki"
+	"github.com/berth-os/berth/agent/state"
+)
+
+// DefaultPath is where the agent looks for its configuration file when
+// --config is not given; a missing default file is not an error.
+const DefaultPath = "/etc/berth/agent.yaml"
+
+// Config is the agent's complete, validated configuration.
+type Config struct {
+	Name       string
+	DataDir    string
+	PeerURL    string // https://IP:2380, etcd peer traffic
+	ClientURL  string // https://IP:2379, etcd client API
+	APIURL     string // https://IP:7480, the agent's join API
+	MetricsURL string // http://127.0.0.1:7481, /healthz /readyz /metrics
+	Join       []string
+	Token      string // raw token text (from token or token_file); empty when bootstrapping
+	Voters     int
+	DeadAfter  time.Duration
+	NodeTTL    time.Duration // lease TTL of the node document
+	// etcd raft timing; short values make tests fast, defaults suit real networks.
+	HeartbeatInterval time.Duration
+	ElectionTimeout   time.Duration
+	LogLevel          string // debug, info, warn, error
+	EtcdLogLevel      string // etcd's own (zap) log level
+}
+
+// file mirrors the YAML file. Durations are strings ("30s") so that a bare
+// number is refused instead of silently meaning nanoseconds.
+type file struct {
+	Name              string   `yaml:"name"`
+	DataDir           string   `yaml:"data_dir"`
+	PeerURL           string   `yaml:"peer_url"`
+	ClientURL         string   `yaml:"client_url"`
+	APIURL            string   `yaml:"api_url"`
+	MetricsURL        string   `yaml:"metrics_url"`
+	AdvertiseIP       string   `yaml:"advertise_ip"`
+	Join              []string `yaml:"join"`
+	Token             string   `yaml:"token"`
+	TokenFile         string   `yaml:"token_file"`
+	Voters            int      `yaml:"voters"`
+	DeadAfter         string   `yaml:"dead_after"`
+	NodeTTL           string   `yaml:"node_ttl"`
+	HeartbeatInterval string   `yaml:"heartbeat_interval"`
+	ElectionTimeout   string   `yaml:"election_timeout"`
+	LogLevel          string   `yaml:"log_level"`
+	EtcdLogLevel      string   `yaml:"etcd_log_level"`
+}
+
+func defaults() file {
+	return file{
+		DataDir:           "/var/lib/berth/agent",
+		MetricsURL:        "http://127.0.0.1:7481",
+		Voters:            3,
+		DeadAfter:         "30s",
+		NodeTTL:           state.DefaultTTL.String(),
+		HeartbeatInterval: "100ms",
+		ElectionTimeout:   "1s",
+		LogLevel:          "info",
+		EtcdLogLevel:      "warn",
+	}
+}
+
+// Parse reads flags (args without the program name), the YAML file named by
+// --config (or DefaultPath when present), and returns the validated result.
+// Flags given on the command line override the file.
+func Parse(args []string) (Config, error) {
+	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var flags file
+	configPath := fs.String("config", "", "YAML configuration file (default "+DefaultPath+" when it exists)")
+	fs.StringVar(&flags.Name, "name", "", "node name (default: host name)")
+	fs.StringVar(&flags.DataDir, "data-dir", "", "data directory")
+	fs.StringVar(&flags.PeerURL, "peer-url", "", "etcd peer URL, https://IP:2380")
+	fs.StringVar(&flags.ClientURL, "client-url", "", "etcd client URL, https://IP:2379")
+	fs.StringVar(&flags.APIURL, "api-url", "", "join API URL, https://IP:7480")
+	fs.StringVar(&flags.MetricsURL, "metrics-url", "", "health and metrics URL, http://IP:PORT")
+	fs.StringVar(&flags.AdvertiseIP, "advertise-ip", "", "IP used for default URLs (default: first global unicast address)")
+	join := fs.String("join", "", "comma-separated join API URLs of existing agents")
+	fs.StringVar(&flags.Token, "token", "", "join token SECRET.sha256:HEX")
+	fs.StringVar(&flags.TokenFile, "token-file", "", "file holding the join token")
+	fs.IntVar(&flags.Voters, "voters", 0, "voting members wanted (1, 3 or 5; bootstrap only)")
+	fs.StringVar(&flags.DeadAfter, "dead-after", "", "remove a voter whose node document is gone this long")
+	fs.StringVar(&flags.NodeTTL, "node-ttl", "", "lease TTL of the node document")
+	fs.StringVar(&flags.HeartbeatInterval, "heartbeat-interval", "", "etcd heartbeat interval")
+	fs.StringVar(&flags.ElectionTimeout, "election-timeout", "", "etcd election timeout")
+	fs.StringVar(&flags.LogLevel, "log-level", "", "debug, info, warn or error")
+	fs.StringVar(&flags.EtcdLogLevel, "etcd-log-level", "", "etcd's log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, fmt.Errorf("flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	merged := defaults()
+	path, explicit := *configPath, *configPath != ""
+	if !explicit {
+		path = DefaultPath
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := decodeStrict(data, &merged); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", path, err)
+		}
+	case explicit || !errors.Is(err, os.ErrNotExist):
+		return Config{}, fmt.Errorf("config file: %w", err)
+	}
+
+	// Overlay only the flags actually given, so a flag's zero value never
+	// erases a setting from the file.
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "name":
+			merged.Name = flags.Name
+		case "data-dir":
+			merged.DataDir = flags.DataDir
+		case "peer-url":
+			merged.PeerURL = flags.PeerURL
+		case "client-url":
+			merged.ClientURL = flags.ClientURL
+		case "api-url":
+			merged.APIURL = flags.APIURL
+		case "metrics-url":
+			merged.MetricsURL = flags.MetricsURL
+		case "advertise-ip":
+			merged.AdvertiseIP = flags.AdvertiseIP
+		case "join":
+			merged.Join = splitList(*join)
+		case "token":
+			merged.Token, merged.TokenFile = flags.Token, ""
+		case "token-file":
+			merged.TokenFile, merged.Token = flags.TokenFile, ""
+		case "voters":
+			merged.Voters = flags.Voters
+		case "dead-after":
+			merged.DeadAfter = flags.DeadAfter
+		case "node-ttl":
+			merged.NodeTTL = flags.NodeTTL
+		case "heartbeat-interval":
+			merged.HeartbeatInterval = flags.HeartbeatInterval
+		case "election-timeout":
+			merged.ElectionTimeout = flags.ElectionTimeout
+		case "log-level":
+			merged.LogLevel = flags.LogLevel
+		case "etcd-log-level":
+			merged.EtcdLogLevel = flags.EtcdLogLevel
+		}
+	})
+	return merged.validate()
+}
+
+func decodeStrict(data []byte, into *file) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(into); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // empty file: defaults
+		}
+		// yaml.v3 errors may span lines; the contract is one line.
+		return errors.New(strings.Join(strings.Fields(err.Error()), " "))
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+func (f file) validate() (Config, error) {
+	c := Config{
+		Name: f.Name, DataDir: f.DataDir, Join: f.Join, Voters: f.Voters,
+		LogLevel: f.LogLevel, EtcdLogLevel: f.EtcdLogLevel, MetricsURL: f.MetricsURL,
+	}
+	if c.Name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return Config{}, fmt.Errorf("name: not set and host name unknown: %w", err)
+		}
+		c.Name = strings.ToLower(host)
+	}
+	if err := state.CheckName(c.Name); err != nil {
+		return Config{}, fmt.Errorf("name: %w", err)
+	}
+	if c.DataDir == "" {
+		return Config{}, errors.New("data-dir: must not be empty")
+	}
+
+	needIP := f.PeerURL == "" || f.ClientURL == "" || f.APIURL == ""
+	ip := f.AdvertiseIP
+	if ip != "" && net.ParseIP(ip) == nil {
+		return Config{}, fmt.Errorf("advertise-ip: %q is not an IP address", ip)
+	}
+	if needIP && ip == "" {
+		detected, err := firstGlobalIP()
+		if err != nil {
+			return Config{}, fmt.Errorf("peer-url/client-url/api-url: not set and %w; set them or --advertise-ip", err)
+		}
+		ip = detected
+	}
+	var err error
+	if c.PeerURL, err = checkURL("peer-url", f.PeerURL, "https", ip, 2380); err != nil {
+		return Config{}, err
+	}
+	if c.ClientURL, err = checkURL("client-url", f.ClientURL, "https", ip, 2379); err != nil {
+		return Config{}, err
+	}
+	if c.APIURL, err = checkURL("api-url", f.APIURL, "https", ip, 7480); err != nil {
+		return Config{}, err
+	}
+	if c.MetricsURL, err = checkURL("metrics-url", f.MetricsURL, "http", "", 0); err != nil {
+		return Config{}, err
+	}
+	for i, j := range c.Join {
+		if c.Join[i], err = checkURL("join", j, "https", "", 7480); err != nil {
+			return Config{}, err
+		}
+	}
+
+	switch c.Voters {
+	case 1, 3, 5:
+	default:
+		return Config{}, fmt.Errorf("voters: must be 1, 3 or 5 (got %d)", c.Voters)
+	}
+	durations := []struct {
+		name string
+		text string
+		into *time.Duration
+		min  time.Duration
+	}{
+		{"dead-after", f.DeadAfter, &c.DeadAfter, time.Second},
+		{"node-ttl", f.NodeTTL, &c.NodeTTL, time.Second},
+		{"heartbeat-interval", f.HeartbeatInterval, &c.HeartbeatInterval, 10 * time.Millisecond},
+		{"election-timeout", f.ElectionTimeout, &c.ElectionTimeout, 50 * time.Millisecond},
+	}
+	for _, d := range durations {
+		v, err := time.ParseDuration(d.text)
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: %q is not a duration like 30s", d.name, d.text)
+		}
+		if v < d.min {
+			return Config{}, fmt.Errorf("%s: %s is shorter than %s", d.name, v, d.min)
+		}
+		*d.into = v
+	}
+	if c.NodeTTL%time.Second != 0 {
+		return Config{}, fmt.Errorf("node-ttl: %s is not whole seconds (etcd leases count seconds)", c.NodeTTL)
+	}
+	if c.ElectionTimeout < 5*c.HeartbeatInterval {
+		return Config{}, fmt.Errorf("election-timeout: %s must be at least 5 x heartbeat-interval (%s)", c.ElectionTimeout, c.HeartbeatInterval)
+	}
+	if c.DeadAfter <= c.NodeTTL {
+		return Config{}, fmt.Errorf("dead-after: %s must be longer than node-ttl %s", c.DeadAfter, c.NodeTTL)
+	}
+	for _, lvl := range []struct{ name, v string }{{"log-level", c.LogLevel}, {"etcd-log-level", c.EtcdLogLevel}} {
+		switch lvl.v {
+		case "debug", "info", "warn", "error":
+		default:
+			return Config{}, fmt.Errorf("%s: %q must be debug, info, warn or error", lvl.name, lvl.v)
+		}
+	}
+
+	if f.Token != "" && f.TokenFile != "" {
+		return Config{}, errors.New("token: set token or token-file, not both")
+	}
+	c.Token = f.Token
+	if f.TokenFile != "" {
+		data, err := os.ReadFile(f.TokenFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("token-file: %w", err)
+		}
+		c.Token = strings.TrimSpace(string(data))
+	}
+	if c.Token != "" {
+		if _, err := pki.ParseToken(c.Token); err != nil {
+			return Config{}, fmt.Errorf("token: %w", err)
+		}
+	}
+	if len(c.Join) > 0 && c.Token == "" {
+		return Config{}, errors.New("join: needs --token or --token-file")
+	}
+	return c, nil
+}
+
+// checkURL fills a missing URL from ip and port (when ip is given) and
+// requires scheme://host:port with nothing else.
+func checkURL(name, raw, scheme, ip string, port int) (string, error) {
+	if raw == "" {
+		if ip == "" {
+			return "", fmt.Errorf("%s: must not be empty", name)
+		}
+		raw = scheme + "://" + net.JoinHostPort(ip, strconv.Itoa(port))
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("%s: %q is not a URL", name, raw)
+	}
+	if u.Scheme != scheme {
+		return "", fmt.Errorf("%s: %q must start with %s://", name, raw, scheme)
+	}
+	if u.Hostname() == "" || u.Port() == "" {
+		return "", fmt.Errorf("%s: %q must name a host and a port", name, raw)
+	}
+	if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
+		return "", fmt.Errorf("%s: %q has an invalid port", name, raw)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("%s: %q must be only scheme://host:port", name, raw)
+	}
+	return scheme + "://" + u.Host, nil
+}
+
+func firstGlobalIP() (string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", errors.New("no global unicast IPv4 address found")
+}

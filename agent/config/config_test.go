@@ -1,0 +1,78 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFileAndFlagOverride(t *testing.T) {
+	p := writeFile(t, `
+name: node-1
+data_dir: /tmp/x
+advertise_ip: 10.0.0.5
+voters: 5
+dead_after: 45s
+join: ["https://10.0.0.1:7480"]
+token: "0123456789abcdef0123456789abcdef.sha256:`+strings.Repeat("ab", 32)+`"
+`)
+	c, err := Parse([]string{"--config", p, "--voters", "1", "--client-url", "https://10.0.0.9:3379"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "node-1" || c.Voters != 1 || c.DeadAfter != 45*time.Second {
+		t.Fatalf("merge: %+v", c)
+	}
+	if c.PeerURL != "https://10.0.0.5:2380" || c.ClientURL != "https://10.0.0.9:3379" || c.APIURL != "https://10.0.0.5:7480" {
+		t.Fatalf("urls: %s %s %s", c.PeerURL, c.ClientURL, c.APIURL)
+	}
+	if len(c.Join) != 1 || c.Token == "" {
+		t.Fatalf("join: %v %q", c.Join, c.Token)
+	}
+}
+
+func TestErrorsAreOneLine(t *testing.T) {
+	base := []string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--config", writeFile(t, "")}
+	cases := map[string]struct {
+		args []string
+		file string
+		want string
+	}{
+		"unknown key":      {file: "name: n1\nvoter: 3\n", want: "field voter not found"},
+		"voters":           {args: []string{"--voters", "2"}, want: "voters: must be 1, 3 or 5"},
+		"bare duration":    {file: "dead_after: 30\n", want: "dead-after"},
+		"http peer":        {args: []string{"--peer-url", "http://10.0.0.5:2380"}, want: "peer-url"},
+		"url with path":    {args: []string{"--client-url", "https://10.0.0.5:2379/x"}, want: "client-url"},
+		"join no token":    {args: []string{"--join", "https://10.0.0.1:7480"}, want: "join: needs --token"},
+		"bad token":        {args: []string{"--token", "nope"}, want: "token:"},
+		"bad name":         {args: []string{"--name", "Node_1"}, want: "name:"},
+		"election too low": {args: []string{"--heartbeat-interval", "100ms", "--election-timeout", "200ms"}, want: "election-timeout"},
+		"unknown flag":     {args: []string{"--frobnicate"}, want: "flags:"},
+		"missing file":     {args: []string{"--config", "/nonexistent/agent.yaml"}, want: "config file"},
+	}
+	for name, tc := range cases {
+		args := append([]string{}, base...)
+		if tc.file != "" {
+			args[len(args)-1] = writeFile(t, tc.file)
+		}
+		_, err := Parse(append(args, tc.args...))
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: error %q, want one line containing %q", name, err, tc.want)
+		}
+	}
+}

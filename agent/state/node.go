@@ -1,0 +1,113 @@
+// Package state defines the node document every berth agent publishes into
+// the cluster's etcd, the key layout under /berth/v1/, a collector that fills
+// the document from the running system, and a publisher that keeps it in etcd
+// under a lease so it disappears when the node does.
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Schema is the value of Node.Schema; it changes only with an incompatible
+// change to the document.
+const Schema = "berth.node.v1"
+
+// Node is the document at NodeKey(name). The JSON field names are the
+// contract read by berthctl and by operators with plain etcdctl.
+type Node struct {
+	Schema        string     `json:"schema"`
+	Name          string     `json:"name"`
+	Role          string     `json:"role"`
+	Addresses     []string   `json:"addresses"`
+	ClientURL     string     `json:"client_url"`
+	OS            OS         `json:"os"`
+	Kernel        string     `json:"kernel"`
+	BootTime      time.Time  `json:"boot_time"`
+	UptimeSeconds int64      `json:"uptime_seconds"`
+	CPU           CPU        `json:"cpu"`
+	Memory        Memory     `json:"memory"`
+	Agent         Agent      `json:"agent"`
+	Containers    Containers `json:"containers"`
+	Heartbeat     time.Time  `json:"heartbeat"`
+	Ready         bool       `json:"ready"`
+}
+
+// OS is the running OS and its update state. Off a berth node (no slot on
+// the kernel command line) only Name and Version are known and Slot is "".
+type OS struct {
+	Name           string      `json:"name"`
+	Version        string      `json:"version"`
+	Slot           string      `json:"slot"`
+	OtherSlotState string      `json:"other_slot_state,omitempty"`
+	LastUpdate     *LastUpdate `json:"last_update,omitempty"`
+}
+
+// LastUpdate is the summary of the updater's last-update record.
+type LastUpdate struct {
+	State   string `json:"state"`
+	Version string `json:"version"`
+	Reason  string `json:"reason"`
+}
+
+// CPU is the processor count and the one-minute load average.
+type CPU struct {
+	Cores int     `json:"cores"`
+	Load1 float64 `json:"load1"`
+}
+
+// Memory is from /proc/meminfo (MemTotal, MemAvailable), in bytes.
+type Memory struct {
+	TotalBytes     uint64 `json:"total_bytes"`
+	AvailableBytes uint64 `json:"available_bytes"`
+}
+
+// Agent describes the berth-agent process that published the document.
+type Agent struct {
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+}
+
+// Containers counts the containers the node's agent runs.
+type Containers struct {
+	Running int `json:"running"`
+	Total   int `json:"total"`
+}
+
+// Marshal encodes the document as stored in etcd (compact JSON).
+func (n Node) Marshal() ([]byte, error) {
+	data, err := json.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("encode node document %q: %w", n.Name, err)
+	}
+	return data, nil
+}
+
+// ParseNode decodes a stored document and checks its schema, so that a
+// reader never silently misreads a future, incompatible document.
+func ParseNode(data []byte) (Node, error) {
+	var n Node
+	if err := json.Unmarshal(data, &n); err != nil {
+		return Node{}, fmt.Errorf("decode node document: %w", err)
+	}
+	if n.Schema != Schema {
+		return Node{}, fmt.Errorf("node document %q has schema %q, want %q", n.Name, n.Schema, Schema)
+	}
+	return n, nil
+}
+
+// sameContent tells whether two documents differ only in the fields that
+// move on every collection (heartbeat, uptime, load, free memory), so the
+// publisher re-publishes early only for changes someone cares about.
+func sameContent(a, b Node) bool {
+	for _, n := range []*Node{&a, &b} {
+		n.Heartbeat = time.Time{}
+		n.UptimeSeconds = 0
+		n.CPU.Load1 = 0
+		n.Memory.AvailableBytes = 0
+	}
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && string(ja) == string(jb)
+}

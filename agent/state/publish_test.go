@@ -1,0 +1,270 @@
+package state_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/state/etcdtest"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func fixedDoc(role *atomic.Value) func() state.Node {
+	return func() state.Node {
+		return state.Node{Role: role.Load().(string), Addresses: []string{"127.0.0.1"}, Ready: true,
+			CPU: state.CPU{Cores: 2}, Agent: state.Agent{Version: "test"}}
+	}
+}
+
+// startPublisher runs p until the test ends or stop is called; stop waits
+// for Run to return.
+func startPublisher(t *testing.T, p *state.Publisher) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var stopped bool
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}
+	t.Cleanup(stop)
+	select {
+	case <-p.Published():
+	case err := <-done:
+		t.Fatalf("Run ended before publishing: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("document not published within 10s")
+	}
+	return stop
+}
+
+func getKV(t *testing.T, cli *clientv3.Client, key string) (value []byte, lease int64, found bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, false
+	}
+	return resp.Kvs[0].Value, resp.Kvs[0].Lease, true
+}
+
+// waitFor polls cond every 50ms until it holds or d passes.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return cond()
+}
+
+func TestPublisherKeepAliveKeepsKeyThenCancelRemovesIt(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	p := state.NewPublisher(cli, "node-1", fixedDoc(&role), 2*time.Second)
+	p.Interval = 1500 * time.Millisecond
+	p.Log = quiet
+	stop := startPublisher(t, p)
+
+	_, lease, found := getKV(t, cli, state.NodeKey("node-1"))
+	if !found || lease == 0 {
+		t.Fatalf("document missing or without lease right after publishing (lease %x)", lease)
+	}
+	// Two TTLs later the key must still be there under the same lease:
+	// a put does not renew a lease, so only KeepAlive explains that.
+	for i := 0; i < 9; i++ {
+		time.Sleep(500 * time.Millisecond)
+		_, l, ok := getKV(t, cli, state.NodeKey("node-1"))
+		if !ok {
+			t.Fatalf("document vanished after %v", time.Duration(i+1)*500*time.Millisecond)
+		}
+		if l != lease {
+			t.Fatalf("lease changed from %x to %x: the publisher re-granted instead of keeping alive", lease, l)
+		}
+	}
+	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(lease))
+	if err != nil || ttl.TTL <= 0 || ttl.GrantedTTL != 2 {
+		t.Fatalf("lease TimeToLive = %+v, %v", ttl, err)
+	}
+
+	stop()
+	if !waitFor(2*time.Second, func() bool { _, _, ok := getKV(t, cli, state.NodeKey("node-1")); return !ok }) {
+		t.Fatal("document still present 2s (the TTL) after the publisher stopped")
+	}
+}
+
+func TestPublisherDocumentDiesWithItsClient(t *testing.T) {
+	// A crashed agent revokes nothing: the lease must expire on its own.
+	e := etcdtest.Start(t, etcdtest.Options{})
+	observer := e.Client(t)
+	agentCli := e.Client(t)
+	var role atomic.Value
+	role.Store("client")
+	p := state.NewPublisher(agentCli, "node-2", fixedDoc(&role), 2*time.Second)
+	p.Interval = time.Second
+	p.Log = quiet
+	startPublisher(t, p)
+	agentCli.Close() // keepalives stop, revoke is impossible
+	start := time.Now()
+	gone := waitFor(4*time.Second, func() bool { _, _, ok := getKV(t, observer, state.NodeKey("node-2")); return !ok })
+	if !gone {
+		t.Fatal("document outlived its client by more than 4s with a 2s lease")
+	}
+	t.Logf("document gone %v after the client closed", time.Since(start).Round(10*time.Millisecond))
+}
+
+func TestPublisherRegrantsAfterLeaseLoss(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	admin := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	p := state.NewPublisher(cli, "node-3", fixedDoc(&role), 3*time.Second)
+	p.Interval = 2 * time.Second
+	p.Log = quiet
+	startPublisher(t, p)
+	_, lease, _ := getKV(t, admin, state.NodeKey("node-3"))
+	if _, err := admin.Revoke(context.Background(), clientv3.LeaseID(lease)); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	var newLease int64
+	back := waitFor(5*time.Second, func() bool {
+		_, l, ok := getKV(t, admin, state.NodeKey("node-3"))
+		newLease = l
+		return ok && l != lease
+	})
+	if !back {
+		t.Fatal("document not re-published under a new lease within 5s of losing the lease")
+	}
+	if newLease == 0 {
+		t.Fatal("re-published without a lease")
+	}
+}
+
+func TestPublisherPublishesChangesBeforeHeartbeat(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var role atomic.Value
+	role.Store("learner")
+	p := state.NewPublisher(cli, "node-4", fixedDoc(&role), 10*time.Second)
+	p.Interval = 9 * time.Second
+	p.Poll = 100 * time.Millisecond
+	p.Log = quiet
+	startPublisher(t, p)
+	role.Store("voter")
+	ok := waitFor(2*time.Second, func() bool {
+		v, _, _ := getKV(t, cli, state.NodeKey("node-4"))
+		n, err := state.ParseNode(v)
+		return err == nil && n.Role == "voter"
+	})
+	if !ok {
+		t.Fatal("role change not published within 2s (heartbeat is 9s)")
+	}
+}
+
+// The stored document's field names are the contract of berth.node.v1.
+func TestPublishedDocumentMatchesSchema(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	c := &state.Collector{Name: "ignored", Role: "voter", Addresses: []string{"127.0.0.11"},
+		ClientURL: "https://127.0.0.11:2379", Log: quiet}
+	p := state.NewPublisher(cli, "node-5", c.Collect, 0)
+	p.Log = quiet
+	startPublisher(t, p)
+	raw, _, _ := getKV(t, cli, state.NodeKey("node-5"))
+
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatalf("stored value is not JSON: %v\n%s", err, raw)
+	}
+	wantKeys := map[string][]string{
+		"":           {"addresses", "agent", "boot_time", "client_url", "containers", "cpu", "heartbeat", "kernel", "memory", "name", "os", "ready", "role", "schema", "uptime_seconds"},
+		"os":         {"name", "slot", "version"}, // off a berth node: no other_slot_state, no last_update
+		"cpu":        {"cores", "load1"},
+		"memory":     {"available_bytes", "total_bytes"},
+		"agent":      {"started", "version"},
+		"containers": {"running", "total"},
+	}
+	for field, want := range wantKeys {
+		obj := doc
+		if field != "" {
+			obj, _ = doc[field].(map[string]any)
+		}
+		var got []string
+		for k := range obj {
+			got = append(got, k)
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("keys of %q = %v, want %v", field, got, want)
+		}
+	}
+	if doc["schema"] != "berth.node.v1" || doc["name"] != "node-5" || doc["os"].(map[string]any)["slot"] != "" {
+		t.Errorf("schema/name/slot wrong: %s", raw)
+	}
+	for _, k := range []string{"boot_time", "heartbeat"} {
+		s, _ := doc[k].(string)
+		if _, err := time.Parse(time.RFC3339, s); err != nil {
+			t.Errorf("%s = %q is not RFC3339: %v", k, s, err)
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	var n state.Node
+	if err := dec.Decode(&n); err != nil {
+		t.Fatalf("strict decode: %v", err)
+	}
+	if time.Since(n.Heartbeat) > 5*time.Second {
+		t.Errorf("heartbeat %v is not the publish time", n.Heartbeat)
+	}
+}
+
+func TestPublisherRejectsBadArguments(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	doc := func() state.Node { return state.Node{} }
+	for name, p := range map[string]*state.Publisher{
+		"bad name":       state.NewPublisher(cli, "Node/1", doc, 0),
+		"nil collect":    state.NewPublisher(cli, "n", nil, 0),
+		"fractional ttl": state.NewPublisher(cli, "n", doc, 2500*time.Millisecond),
+		"tiny ttl":       state.NewPublisher(cli, "n", doc, time.Second),
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := p.Run(ctx)
+		cancel()
+		if err == nil {
+			t.Errorf("%s: Run returned nil", name)
+		}
+	}
+}
