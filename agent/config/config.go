@@ -82,6 +82,30 @@ func defaults() file {
 	}
 }
 
+// HelpError is returned by Parse for -h/--help; Print writes the usage.
+type HelpError struct{ flags *flag.FlagSet }
+
+func (*HelpError) Error() string { return "help requested" }
+
+// Print writes the usage text with every flag.
+func (h *HelpError) Print(w io.Writer) {
+	fmt.Fprintf(w, `Usage: berth-agent [flags]
+       berth-agent issue-ops-cert --data-dir DIR --out DIR
+
+Runs this node's member of the cluster's embedded etcd (or a client node
+beyond the voter target), publishes the node document under /berth/v1/nodes/
+and serves /healthz, /readyz and /metrics on the metrics URL.
+With an empty data dir and no --join it bootstraps a new cluster and prints
+the join token; with --join and --token it joins an existing one.
+Settings come from the YAML file (%s when present) and flags override it.
+
+Flags:
+`, DefaultPath)
+	h.flags.SetOutput(w)
+	h.flags.PrintDefaults()
+	fmt.Fprintln(w, "\nExit status: 0 stopped cleanly, 1 failed, 2 bad configuration.")
+}
+
 // Parse reads flags (args without the program name), the YAML file named by
 // --config (or DefaultPath when present), and returns the validated result.
 // Flags given on the command line override the file.
@@ -108,6 +132,9 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&flags.LogLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&flags.EtcdLogLevel, "etcd-log-level", "", "etcd's log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, &HelpError{flags: fs}
+		}
 		return Config{}, fmt.Errorf("flags: %w", err)
 	}
 	if fs.NArg() > 0 {

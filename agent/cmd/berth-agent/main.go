@@ -38,6 +38,11 @@ func main() {
 		return
 	}
 	cfg, err := config.Parse(os.Args[1:])
+	var help *config.HelpError
+	if errors.As(err, &help) {
+		help.Print(os.Stdout)
+		os.Exit(0)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
 		os.Exit(2)
