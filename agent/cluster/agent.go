@@ -65,6 +65,12 @@ type Agent struct {
 	opts Options
 	log  *slog.Logger
 
+	// Used by the leader's member loop only: since when the cluster has had
+	// fewer voters than it wants, and whether the gap comes from removing
+	// a member that was already dead for dead-after.
+	shortSince time.Time
+	healNow    bool
+
 	etcd atomic.Pointer[embed.Etcd] // set when the member starts (maybe late, after promotion of a client)
 	pub  atomic.Pointer[state.Publisher]
 	cli  *clientv3.Client

@@ -45,6 +45,11 @@ func (a *Agent) refreshRole(ctx context.Context) {
 	}
 	a.setRole(state.RoleVoter)
 	a.log.Info("this node is a voting member")
+	// The promoter records the role too, but its put may have failed or
+	// raced with this node's own "learner" entry: the member itself knows best.
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	a.updateRoleEntry(cctx, a.opts.Name, state.RoleVoter)
+	cancel()
 	if eps := a.cli.Endpoints(); !slices.Contains(eps, a.opts.ClientURL) {
 		a.cli.SetEndpoints(append(slices.Clone(eps), a.opts.ClientURL)...)
 	}
@@ -80,6 +85,7 @@ func (a *Agent) memberLoop(ctx context.Context) {
 		if e == nil || e.Server.Leader() != e.Server.MemberID() {
 			clear(missingSince) // a new leader watches from scratch: no stale clocks
 			clear(unstartedSince)
+			a.shortSince, a.healNow = time.Time{}, false
 			continue
 		}
 		if err := a.reconcile(ctx, missingSince, unstartedSince); err != nil {
@@ -152,9 +158,78 @@ func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time
 		}
 		if a.removeMember(cctx, m, fmt.Sprintf("node document missing for %s", now.Sub(first).Round(time.Second))) {
 			delete(missingSince, m.Name)
-			a.askClientToJoin(cctx, alive)
+			a.updateRoleEntry(cctx, m.Name, RoleRemoved)
+			a.healNow = true
 		}
 	}
+	return a.replaceMissingVoters(cctx, alive)
+}
+
+// RoleRemoved marks the role entry of a voter that self-healing removed
+// from the cluster: its data dir can no longer start a member.
+const RoleRemoved = "removed"
+
+// replaceMissingVoters asks a live client node to become a member while the
+// cluster has fewer voters than its configuration wants. It runs on every
+// reconcile, not only right after a removal, so a client that joins later
+// still fills a gap left when no client was alive.
+func (a *Agent) replaceMissingVoters(ctx context.Context, alive map[string]bool) error {
+	list, err := a.cli.MemberList(ctx)
+	if err != nil {
+		return fmt.Errorf("list members: %w", err)
+	}
+	voters := 0
+	for _, m := range list.Members {
+		if m.IsLearner {
+			return nil // one member change at a time: wait for its promotion
+		}
+		voters++
+	}
+	got, err := a.cli.Get(ctx, state.ClusterConfigKey)
+	if err != nil {
+		return fmt.Errorf("read cluster config: %w", err)
+	}
+	var cfg state.ClusterConfig
+	if len(got.Kvs) == 0 || json.Unmarshal(got.Kvs[0].Value, &cfg) != nil || voters >= cfg.Voters {
+		a.shortSince, a.healNow = time.Time{}, false
+		return nil
+	}
+	// A gap left by a dead member we just removed is filled at once; any
+	// other gap (a wiped node rejoining removes its stale member and is
+	// added back seconds later) must last dead-after before a client is
+	// asked, or the rejoining node would find its seat taken.
+	if a.shortSince.IsZero() {
+		a.shortSince = time.Now()
+		if a.healNow {
+			a.shortSince = a.shortSince.Add(-a.opts.DeadAfter)
+		}
+	}
+	a.healNow = false
+	if time.Since(a.shortSince) < a.opts.DeadAfter {
+		return nil
+	}
+	pending, err := a.cli.Get(ctx, state.PromotePrefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list promotion requests: %w", err)
+	}
+	waiting := false
+	for _, kv := range pending.Kvs {
+		name, _ := state.NameFromKey(state.PromotePrefix, string(kv.Key))
+		asked, perr := time.Parse(time.RFC3339, string(kv.Value))
+		// A request to a node that died, or that was not acted on within
+		// dead-after, is withdrawn so another client can be asked.
+		if alive[name] && perr == nil && time.Since(asked) <= a.opts.DeadAfter {
+			waiting = true
+			continue
+		}
+		if _, err := a.cli.Delete(ctx, string(kv.Key)); err == nil {
+			a.log.Warn("withdrew unanswered request to become a member", "name", name)
+		}
+	}
+	if waiting {
+		return nil
+	}
+	a.askClientToJoin(ctx, alive)
 	return nil
 }
 
@@ -189,7 +264,7 @@ func (a *Agent) askClientToJoin(ctx context.Context, alive map[string]bool) {
 		a.log.Info("asked client node to become a member", "name", name)
 		return
 	}
-	a.log.Warn("no live client node can replace the removed voter")
+	a.log.Debug("no live client node can replace a missing voter")
 }
 
 func (a *Agent) updateRoleEntry(ctx context.Context, name, role string) {
@@ -286,13 +361,29 @@ func (a *Agent) becomeMember(ctx context.Context) error {
 		return err
 	}
 	a.setRole(state.RoleLearner)
+	// Before etcd starts: once it is ready the leader may promote it at
+	// once, and a later "learner" entry would overwrite "voter".
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	a.updateRoleEntry(cctx, a.opts.Name, state.RoleLearner)
+	_, _ = a.cli.Delete(cctx, state.PromoteKey(a.opts.Name))
+	cancel()
 	if err := a.startEtcd(ctx); err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	_, _ = a.cli.Delete(cctx, state.PromoteKey(a.opts.Name))
-	a.updateRoleEntry(cctx, a.opts.Name, state.RoleLearner)
-	cancel()
-	a.memberLoop(ctx)
-	return nil
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		a.memberLoop(lctx)
+	}()
+	select {
+	case err := <-a.embedded().Err():
+		a.etcdDown.Store(true)
+		stop()
+		<-loopDone
+		return fmt.Errorf("embedded etcd failed: %w", err)
+	case <-loopDone:
+		return nil
+	}
 }

@@ -1,204 +1,22 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/berth-os/berth/agent/pki"
 	"github.com/berth-os/berth/agent/state"
 )
-
-// Timings of the multi-process test: short raft ticks and a short node TTL
-// keep the whole scenario well under a minute and a half.
-const (
-	testTTL       = 3 * time.Second
-	testDeadAfter = 60 * time.Second // longer than the test: no self-healing surprises
-)
-
-type testNode struct {
-	name, ip                   string
-	peer, client, api, metrics string
-	dir                        string
-	logPath                    string
-	cmd                        *exec.Cmd
-	done                       chan error
-}
-
-type testCluster struct {
-	t     *testing.T
-	bin   string
-	root  string
-	nodes map[string]*testNode
-}
-
-func buildAgent(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "berth-agent")
-	start := time.Now()
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build berth-agent: %v\n%s", err, out)
-	}
-	t.Logf("built berth-agent in %s", time.Since(start).Round(time.Millisecond))
-	return bin
-}
-
-func freePort(t *testing.T, ip string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatalf("free port on %s: %v", ip, err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func (c *testCluster) newNode(name, ip string) *testNode {
-	u := func(scheme string) string {
-		return scheme + "://" + net.JoinHostPort(ip, strconv.Itoa(freePort(c.t, ip)))
-	}
-	n := &testNode{
-		name: name, ip: ip,
-		peer: u("https"), client: u("https"), api: u("https"), metrics: u("http"),
-		dir:     filepath.Join(c.root, name),
-		logPath: filepath.Join(c.root, name+".log"),
-	}
-	c.nodes[name] = n
-	return n
-}
-
-func (c *testCluster) args(n *testNode, extra ...string) []string {
-	return append([]string{
-		"--name", n.name, "--data-dir", n.dir,
-		"--peer-url", n.peer, "--client-url", n.client, "--api-url", n.api, "--metrics-url", n.metrics,
-		"--heartbeat-interval", "50ms", "--election-timeout", "500ms",
-		"--node-ttl", testTTL.String(), "--dead-after", testDeadAfter.String(),
-		"--log-level", "debug",
-	}, extra...)
-}
-
-func (c *testCluster) start(n *testNode, extra ...string) {
-	c.t.Helper()
-	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "=== start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(c.bin, c.args(n, extra...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "JOURNAL_STREAM=") // never log to the host journal
-	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("start %s: %v", n.name, err)
-	}
-	n.cmd, n.done = cmd, make(chan error, 1)
-	go func() { n.done <- cmd.Wait(); logf.Close() }()
-}
-
-func (c *testCluster) kill(n *testNode) {
-	c.t.Helper()
-	if n.cmd == nil {
-		return
-	}
-	_ = n.cmd.Process.Signal(syscall.SIGKILL)
-	<-n.done
-	n.cmd = nil
-}
-
-func (c *testCluster) stopAll() {
-	for _, n := range c.nodes {
-		if n.cmd != nil {
-			_ = n.cmd.Process.Signal(syscall.SIGKILL)
-			<-n.done
-			n.cmd = nil
-		}
-	}
-}
-
-func (c *testCluster) dumpLogs() {
-	for _, n := range c.nodes {
-		data, _ := os.ReadFile(n.logPath)
-		lines := strings.Split(string(data), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
-		}
-		c.t.Logf("---- %s (last lines)\n%s", n.name, strings.Join(lines, "\n"))
-	}
-}
-
-// waitReady polls /readyz until it answers 200 or the node's process ends.
-func (c *testCluster) waitReady(n *testNode, timeout time.Duration) string {
-	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-n.done:
-			n.done <- err
-			c.t.Fatalf("%s exited before ready: %v", n.name, err)
-		default:
-		}
-		resp, err := http.Get(n.metrics + "/readyz")
-		if err == nil {
-			body := make([]byte, 64)
-			k, _ := resp.Body.Read(body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return strings.TrimSpace(string(body[:k]))
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	c.t.Fatalf("%s not ready within %s", n.name, timeout)
-	return ""
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
-	t.Helper()
-	start := time.Now()
-	var last error
-	for time.Since(start) < timeout {
-		if last = cond(); last == nil {
-			return time.Since(start)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %s: %v", what, timeout, last)
-	return 0
-}
-
-func client(t *testing.T, endpoints []string, certFile, keyFile, caFile string) *clientv3.Client {
-	t.Helper()
-	tlsCfg, err := transport.TLSInfo{CertFile: certFile, KeyFile: keyFile, TrustedCAFile: caFile}.ClientConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 3 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
-func nodeClient(t *testing.T, n *testNode, endpoints []string) *clientv3.Client {
-	p := filepath.Join(n.dir, "pki")
-	return client(t, endpoints, filepath.Join(p, "node.crt"), filepath.Join(p, "node.key"), filepath.Join(p, "ca.crt"))
-}
 
 // handshakeAlert connects with a client certificate and returns the error
 // of the first read: a TLS alert when the server refuses the certificate
@@ -222,50 +40,6 @@ func handshakeAlert(t *testing.T, rawURL, certFile, keyFile string) string {
 		return ""
 	}
 	return err.Error()
-}
-
-func ctxT(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
-}
-
-type members struct {
-	voters, learners map[string]uint64
-}
-
-func memberList(cli *clientv3.Client) (members, error) {
-	ctx, cancel := ctxT(3 * time.Second)
-	defer cancel()
-	resp, err := cli.MemberList(ctx)
-	if err != nil {
-		return members{}, err
-	}
-	m := members{voters: map[string]uint64{}, learners: map[string]uint64{}}
-	for _, mem := range resp.Members {
-		if mem.IsLearner {
-			m.learners[mem.Name] = mem.ID
-		} else {
-			m.voters[mem.Name] = mem.ID
-		}
-	}
-	return m, nil
-}
-
-func nodeDocs(cli *clientv3.Client) (map[string]state.Node, error) {
-	ctx, cancel := ctxT(3 * time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, err
-	}
-	docs := map[string]state.Node{}
-	for _, kv := range resp.Kvs {
-		n, err := state.ParseNode(kv.Value)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", kv.Key, err)
-		}
-		docs[n.Name] = n
-	}
-	return docs, nil
 }
 
 func TestClusterLifecycle(t *testing.T) {
@@ -297,14 +71,7 @@ func TestClusterLifecycle(t *testing.T) {
 	if got := c.waitReady(n[1], 20*time.Second); got != "ok voter" {
 		t.Fatalf("node-1 readyz = %q, want ok voter", got)
 	}
-	tokenText, err := os.ReadFile(filepath.Join(n[1].dir, "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := strings.TrimSpace(string(tokenText))
-	if _, err := pki.ParseToken(token); err != nil {
-		t.Fatalf("token file: %v", err)
-	}
+	token := c.token(n[1])
 	done()
 	joinArgs := func(via ...*testNode) []string {
 		var urls []string

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/cluster"
+	"github.com/berth-os/berth/agent/state"
+)
+
+// healDeadAfter is the self-healing test's dead-after: longer than the
+// node TTL (the agent refuses anything else), short enough for a test.
+const healDeadAfter = 4 * time.Second
+
+// roleHistory records every value written to the role entries, in order,
+// from a watch: a learner promoted within one agent tick would be missed by
+// polling.
+type roleHistory struct {
+	mu    sync.Mutex
+	roles map[string][]string
+}
+
+func (h *roleHistory) record(wch clientv3.WatchChan) {
+	for resp := range wch {
+		for _, ev := range resp.Events {
+			name, ok := state.NameFromKey(state.RolesPrefix, string(ev.Kv.Key))
+			var e state.RoleEntry
+			if !ok || ev.Type != clientv3.EventTypePut || json.Unmarshal(ev.Kv.Value, &e) != nil {
+				continue
+			}
+			h.mu.Lock()
+			h.roles[name] = append(h.roles[name], e.Role)
+			h.mu.Unlock()
+		}
+	}
+}
+
+func (h *roleHistory) of(name string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.roles[name]...)
+}
+
+func roleOf(cli *clientv3.Client, name string) (state.RoleEntry, error) {
+	ctx, cancel := ctxT(3 * time.Second)
+	defer cancel()
+	got, err := cli.Get(ctx, state.RoleKey(name))
+	if err != nil {
+		return state.RoleEntry{}, err
+	}
+	if len(got.Kvs) == 0 {
+		return state.RoleEntry{}, errors.New("no role entry")
+	}
+	var e state.RoleEntry
+	err = json.Unmarshal(got.Kvs[0].Value, &e)
+	return e, err
+}
+
+// TestSelfHealing: three voters and one client; one voter is SIGKILLed and
+// never comes back. The leader's agent removes it after dead-after, asks
+// the client to become a member, the client joins as a learner and is
+// promoted, and the role entries follow.
+func TestSelfHealing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.21:0")
+	if err != nil {
+		t.Skipf("cannot bind 127.0.0.21 (needed for the multi-process cluster test): %v", err)
+	}
+	ln.Close()
+	total := time.Now()
+	c := &testCluster{t: t, bin: buildAgent(t), root: t.TempDir(), nodes: map[string]*testNode{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpLogs()
+		}
+		c.stopAll()
+	})
+	heal := []string{"--dead-after", healDeadAfter.String()} // the last flag wins
+	n := make([]*testNode, 5)
+	for i := 1; i <= 4; i++ {
+		n[i] = c.newNode(fmt.Sprintf("heal-%d", i), fmt.Sprintf("127.0.0.%d", 20+i))
+	}
+
+	c.start(n[1], append(heal, "--voters", "3")...)
+	c.waitReady(n[1], 20*time.Second)
+	tokenText, err := os.ReadFile(filepath.Join(n[1].dir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	join := append(heal, "--join", n[1].api, "--token", strings.TrimSpace(string(tokenText)))
+	c.start(n[2], join...)
+	c.start(n[3], join...)
+	admin := nodeClient(t, n[1], []string{n[1].client, n[2].client, n[3].client})
+	eventually(t, 30*time.Second, "three voters", func() error {
+		m, err := memberList(admin)
+		if err != nil {
+			return err
+		}
+		if len(m.voters) != 3 || len(m.learners) != 0 {
+			return fmt.Errorf("voters %v learners %v", m.voters, m.learners)
+		}
+		return nil
+	})
+	c.waitReady(n[2], 20*time.Second)
+	c.waitReady(n[3], 20*time.Second)
+	c.start(n[4], join...)
+	if got := c.waitReady(n[4], 30*time.Second); got != "ok client" {
+		t.Fatalf("heal-4 readyz = %q, want ok client", got)
+	}
+	if e, err := roleOf(admin, n[4].name); err != nil || e.Role != state.RoleClient {
+		t.Fatalf("heal-4 role entry %+v, err %v; want client", e, err)
+	}
+	t.Logf("3 voters + 1 client up in %s", time.Since(total).Round(time.Millisecond))
+
+	// Watch the promotion requests and role entries from now on.
+	history := &roleHistory{roles: map[string][]string{}}
+	wctx, stopWatch := ctxT(2 * time.Minute)
+	defer stopWatch()
+	go history.record(admin.Watch(wctx, state.RolesPrefix, clientv3.WithPrefix()))
+	asked := make(chan string, 4)
+	go func() {
+		for resp := range admin.Watch(wctx, state.PromotePrefix, clientv3.WithPrefix()) {
+			for _, ev := range resp.Events {
+				if name, ok := state.NameFromKey(state.PromotePrefix, string(ev.Kv.Key)); ok && ev.Type == clientv3.EventTypePut {
+					asked <- name
+				}
+			}
+		}
+	}()
+
+	// Kill a voter that is not the leader (the admin client's node stays up).
+	victim := n[3]
+	ctx, cancel := ctxT(3 * time.Second)
+	st, err := admin.Status(ctx, victim.client)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Header.MemberId == st.Leader {
+		victim = n[2]
+	}
+	before, err := memberList(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimID := before.voters[victim.name]
+	c.kill(victim)
+	killed := time.Now()
+	var survivors []*testNode
+	for _, x := range n[1:4] {
+		if x != victim {
+			survivors = append(survivors, x)
+		}
+	}
+	admin.SetEndpoints(survivors[0].client, survivors[1].client)
+
+	// Removal: not before dead-after, and soon after TTL + dead-after.
+	removedAfter := eventually(t, testTTL+healDeadAfter+8*time.Second, "dead voter removed", func() error {
+		m, err := memberList(admin)
+		if err != nil {
+			return err
+		}
+		if _, ok := m.voters[victim.name]; ok {
+			return fmt.Errorf("%s still a voter", victim.name)
+		}
+		for _, id := range m.learners {
+			if id == victimID {
+				return errors.New("demoted, not removed")
+			}
+		}
+		return nil
+	})
+	t.Logf("%s removed %s after the kill", victim.name, removedAfter.Round(time.Millisecond))
+	if removedAfter < healDeadAfter {
+		t.Fatalf("%s removed %s after the kill, before dead-after %s", victim.name, removedAfter, healDeadAfter)
+	}
+	select {
+	case name := <-asked:
+		if name != n[4].name {
+			t.Fatalf("asked %s to become a member, want the client %s", name, n[4].name)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no client was asked to become a member")
+	}
+
+	// The client joins as learner and is promoted: three voters again.
+	healed := eventually(t, 20*time.Second, "client promoted to voter", func() error {
+		m, err := memberList(admin)
+		if err != nil {
+			return err
+		}
+		if _, ok := m.voters[n[4].name]; !ok || len(m.voters) != 3 || len(m.learners) != 0 {
+			return fmt.Errorf("voters %v learners %v", m.voters, m.learners)
+		}
+		return nil
+	})
+	t.Logf("three voters again %s after the removal", (healed).Round(time.Millisecond))
+
+	eventually(t, 10*time.Second, "role entries follow", func() error {
+		e, err := roleOf(admin, n[4].name)
+		if err != nil {
+			return err
+		}
+		if e.Role != state.RoleVoter || e.PeerURL != n[4].peer || e.ClientURL != n[4].client {
+			return fmt.Errorf("%s role entry %+v", n[4].name, e)
+		}
+		d, err := roleOf(admin, victim.name)
+		if err != nil {
+			return err
+		}
+		if d.Role != cluster.RoleRemoved {
+			return fmt.Errorf("%s role entry %+v, want %s", victim.name, d, cluster.RoleRemoved)
+		}
+		for _, s := range survivors {
+			if e, err := roleOf(admin, s.name); err != nil || e.Role != state.RoleVoter {
+				return fmt.Errorf("%s role entry %+v err %v", s.name, e, err)
+			}
+		}
+		return nil
+	})
+	if got := history.of(n[4].name); len(got) < 2 || got[0] != state.RoleLearner || got[len(got)-1] != state.RoleVoter {
+		t.Fatalf("%s role history %v, want learner first and voter last", n[4].name, got)
+	}
+
+	// The new voter's agent knows it, its document says so, and the healed
+	// cluster takes writes through it alone.
+	eventually(t, 5*time.Second, "heal-4 agent knows it is a voter", func() error {
+		if got := c.waitReady(n[4], 5*time.Second); got != "ok voter" {
+			return fmt.Errorf("readyz %q", got)
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "heal-4 document says voter", func() error {
+		docs, err := nodeDocs(admin)
+		if err != nil {
+			return err
+		}
+		if d := docs[n[4].name]; d.Role != state.RoleVoter {
+			return fmt.Errorf("role %q", d.Role)
+		}
+		return nil
+	})
+	direct := nodeClient(t, n[4], []string{n[4].client})
+	ctx, cancel = ctxT(3 * time.Second)
+	_, err = direct.Put(ctx, state.Prefix+"test/after-heal", "ok")
+	cancel()
+	if err != nil {
+		t.Fatalf("write through the new voter: %v", err)
+	}
+	t.Logf("whole scenario %s (kill to healed %s)", time.Since(total).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+}
