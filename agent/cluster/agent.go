@@ -26,6 +26,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
+	"github.com/berth-os/berth/agent/internal/atomicfile"
 	"github.com/berth-os/berth/agent/joinapi"
 	"github.com/berth-os/berth/agent/pki"
 	"github.com/berth-os/berth/agent/state"
@@ -308,7 +309,7 @@ func (a *Agent) prepareBootstrap() (*nodeState, error) {
 	if err := pki.WritePair(a.path(pkiDir), "node", certPEM, keyPEM); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(a.path(tokenFile), []byte(token.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(a.path(tokenFile), []byte(token.String()+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	clusterToken := make([]byte, 8)
@@ -347,18 +348,18 @@ func (a *Agent) join(ctx context.Context) (*nodeState, error) {
 		return nil, err
 	}
 	dir := a.path(pkiDir)
-	if err := writeFileAtomic(dir+"/ca.crt", []byte(resp.CACert), 0o644); err != nil {
+	if err := atomicfile.Write(dir+"/ca.crt", []byte(resp.CACert), 0o644); err != nil {
 		return nil, err
 	}
 	if resp.CAKey != "" {
-		if err := writeFileAtomic(dir+"/ca.key", []byte(resp.CAKey), 0o600); err != nil {
+		if err := atomicfile.Write(dir+"/ca.key", []byte(resp.CAKey), 0o600); err != nil {
 			return nil, err
 		}
 	}
 	if err := pki.WritePair(dir, "node", []byte(resp.NodeCert), []byte(resp.NodeKey)); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(a.path(tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(a.path(tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	st := &nodeState{

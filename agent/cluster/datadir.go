@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/berth-os/berth/agent/internal/atomicfile"
 )
 
 // Files in the agent's data dir.
@@ -57,40 +59,11 @@ func (a *Agent) saveNodeState(st *nodeState) error {
 	if err != nil {
 		return fmt.Errorf("encode node state: %w", err)
 	}
-	return writeFileAtomic(a.path(nodeStateFile), append(data, '\n'), 0o600)
+	return atomicfile.Write(a.path(nodeStateFile), append(data, '\n'), 0o600)
 }
 
 // writeFileAtomic writes via a temporary file and rename, so a crash never
 // leaves a half-written file that a restart would misread.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
 
 func exists(path string) bool {
 	_, err := os.Stat(path)

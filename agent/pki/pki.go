@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/berth-os/berth/agent/internal/atomicfile"
 )
 
 const (
@@ -161,10 +163,10 @@ func (c *CA) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, caCertFile), c.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, caCertFile), c.CertPEM, 0o644); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
 	return nil
@@ -241,10 +243,10 @@ func WritePair(dir, name string, certPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, name+".key"), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name+".key"), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, name+".crt"), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name+".crt"), certPEM, 0o644); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
 	return nil
@@ -304,33 +306,4 @@ func parseKeyPEM(data []byte) (crypto.Signer, error) {
 		return nil, fmt.Errorf("private key of type %T cannot sign", key)
 	}
 	return signer, nil
-}
-
-// writeFileAtomic writes to a temporary file in the same directory and
-// renames it over path, so readers see the old or the new file, never half.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
