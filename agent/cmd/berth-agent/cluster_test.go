@@ -43,27 +43,13 @@ func handshakeAlert(t *testing.T, rawURL, certFile, keyFile string) string {
 }
 
 func TestClusterLifecycle(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.11:0")
-	if err != nil {
-		t.Skipf("cannot bind 127.0.0.11 (needed for the multi-process cluster test): %v", err)
-	}
-	ln.Close()
 	total := time.Now()
-	c := &testCluster{t: t, bin: buildAgent(t), root: t.TempDir(), nodes: map[string]*testNode{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			c.dumpLogs()
-		}
-		c.stopAll()
-	})
+	c := newLoopbackCluster(t, "127.0.0.11")
 	n := make([]*testNode, 7)
 	for i := 1; i <= 6; i++ {
 		n[i] = c.newNode(fmt.Sprintf("node-%d", i), fmt.Sprintf("127.0.0.%d", 10+i))
 	}
-	step := func(name string) func() {
-		start := time.Now()
-		return func() { t.Logf("step %-28s %s", name, time.Since(start).Round(time.Millisecond)) }
-	}
+	step := stepTimer(t)
 
 	// Bootstrap: one voter, auth on, token written.
 	done := step("bootstrap")

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -29,27 +28,13 @@ func buildBerthctl(t *testing.T) string {
 // and promoted one at a time), adds a sixth node that must stay a client,
 // and checks that the berthctl binary reports all of it with an ops cert.
 func TestFiveVotersAndBerthctl(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.41:0")
-	if err != nil {
-		t.Skipf("cannot bind 127.0.0.41 (needed for the multi-process cluster test): %v", err)
-	}
-	ln.Close()
 	total := time.Now()
-	c := &testCluster{t: t, bin: buildAgent(t), root: t.TempDir(), nodes: map[string]*testNode{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			c.dumpLogs()
-		}
-		c.stopAll()
-	})
+	c := newLoopbackCluster(t, "127.0.0.41")
 	n := make([]*testNode, 7)
 	for i := 1; i <= 6; i++ {
 		n[i] = c.newNode(fmt.Sprintf("five-%d", i), fmt.Sprintf("127.0.0.%d", 40+i))
 	}
-	step := func(name string) func() {
-		start := time.Now()
-		return func() { t.Logf("step %-24s %s", name, time.Since(start).Round(time.Millisecond)) }
-	}
+	step := stepTimer(t)
 
 	done := step("bootstrap voters=5")
 	c.start(n[1], "--voters", "5")

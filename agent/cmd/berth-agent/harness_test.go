@@ -331,3 +331,33 @@ func nodeDocs(cli *clientv3.Client) (map[string]state.Node, error) {
 	}
 	return docs, nil
 }
+
+// newLoopbackCluster starts a test cluster whose nodes live on loopback
+// addresses beginning at firstIP. It skips the test when that address
+// cannot be bound, and stops every agent when the test ends, printing
+// their logs when it failed.
+func newLoopbackCluster(t *testing.T, firstIP string) *testCluster {
+	t.Helper()
+	ln, err := net.Listen("tcp", firstIP+":0")
+	if err != nil {
+		t.Skipf("cannot bind %s (needed for the multi-process cluster test): %v", firstIP, err)
+	}
+	ln.Close()
+	c := &testCluster{t: t, bin: buildAgent(t), root: t.TempDir(), nodes: map[string]*testNode{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpLogs()
+		}
+		c.stopAll()
+	})
+	return c
+}
+
+// stepTimer returns step(name), which returns a func that logs how long
+// the step took.
+func stepTimer(t *testing.T) func(string) func() {
+	return func(name string) func() {
+		start := time.Now()
+		return func() { t.Logf("step %-28s %s", name, time.Since(start).Round(time.Millisecond)) }
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,19 +70,8 @@ func roleOf(cli *clientv3.Client, name string) (state.RoleEntry, error) {
 // the client to become a member, the client joins as a learner and is
 // promoted, and the role entries follow.
 func TestSelfHealing(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.21:0")
-	if err != nil {
-		t.Skipf("cannot bind 127.0.0.21 (needed for the multi-process cluster test): %v", err)
-	}
-	ln.Close()
 	total := time.Now()
-	c := &testCluster{t: t, bin: buildAgent(t), root: t.TempDir(), nodes: map[string]*testNode{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			c.dumpLogs()
-		}
-		c.stopAll()
-	})
+	c := newLoopbackCluster(t, "127.0.0.21")
 	heal := []string{"--dead-after", healDeadAfter.String()} // the last flag wins
 	n := make([]*testNode, 5)
 	for i := 1; i <= 4; i++ {
