@@ -7,6 +7,7 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,11 @@ type Agent struct {
 	// a member that was already dead for dead-after.
 	shortSince time.Time
 	healNow    bool
+	// local talks to this node's own etcd only. The leader's agent
+	// promotes learners through it: a follower forwards MemberPromote to
+	// the leader over the peer API without the caller's auth identity,
+	// and the leader refuses it ("auth: user name is empty").
+	local *clientv3.Client
 
 	etcd atomic.Pointer[embed.Etcd] // set when the member starts (maybe late, after promotion of a client)
 	pub  atomic.Pointer[state.Publisher]
@@ -190,6 +196,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.cli.Close()
+	defer func() {
+		if a.local != nil {
+			a.local.Close()
+		}
+	}()
 
 	if st.Member && !st.AuthDone {
 		if err := a.setupAuth(ctx); err != nil {
@@ -445,13 +456,43 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) connect() error {
+func (a *Agent) clientTLS() (*tls.Config, error) {
 	tlsCfg, err := transport.TLSInfo{
 		CertFile: a.path(pkiDir, "node.crt"), KeyFile: a.path(pkiDir, "node.key"),
 		TrustedCAFile: a.path(pkiDir, "ca.crt"),
 	}.ClientConfig()
 	if err != nil {
-		return fmt.Errorf("etcd client TLS: %w", err)
+		return nil, fmt.Errorf("etcd client TLS: %w", err)
+	}
+	return tlsCfg, nil
+}
+
+// localClient returns a client of this node's own etcd member.
+func (a *Agent) localClient() (*clientv3.Client, error) {
+	if a.local != nil {
+		return a.local, nil
+	}
+	tlsCfg, err := a.clientTLS()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{a.opts.ClientURL},
+		TLS:         tlsCfg,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("local etcd client: %w", err)
+	}
+	a.local = cli
+	return cli, nil
+}
+
+func (a *Agent) connect() error {
+	tlsCfg, err := a.clientTLS()
+	if err != nil {
+		return err
 	}
 	eps := slices.Clone(a.st.Endpoints)
 	if a.st.Member && !slices.Contains(eps, a.opts.ClientURL) && a.Role() == state.RoleVoter {

@@ -120,7 +120,11 @@ func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time
 		}
 		// Fails until the learner has caught up with the log: retried on
 		// the next tick.
-		if _, err := a.cli.MemberPromote(cctx, m.ID); err != nil {
+		local, err := a.localClient()
+		if err != nil {
+			return err
+		}
+		if _, err := local.MemberPromote(cctx, m.ID); err != nil {
 			a.log.Debug("promotion not possible yet", "name", m.Name, "err", err)
 			continue
 		}
