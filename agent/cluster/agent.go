@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -60,6 +61,17 @@ type Options struct {
 	TokenOutput func(token string)
 	// Collector fills the node document; nil means a default state.Collector.
 	Collector *state.Collector
+	// Labels are the node's labels, published in its node document.
+	Labels map[string]string
+	// Containers counts the node's running and all containers for the
+	// node document; nil reports zero.
+	Containers func() (running, total int)
+	// Services run beside the agent once it has a cluster client, until
+	// the agent stops; an error ends the agent.
+	Services []func(ctx context.Context, cli *clientv3.Client) error
+	// API adds handlers to the agent's HTTPS API listener, which every
+	// node serves; /v1/join is there only on nodes holding the CA key.
+	API func(mux *http.ServeMux)
 }
 
 // Agent is one node's cluster agent.
@@ -223,12 +235,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	errc := make(chan error, 4)
 
-	if exists(a.path(pkiDir, "ca.key")) {
-		srv, err := a.startJoinAPI()
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
+	srv, err := a.startAPI()
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	for _, svc := range a.opts.Services {
+		wg.Go(func() {
+			if err := svc(ctx, a.cli); err != nil && ctx.Err() == nil {
+				errc <- err
+			}
+		})
 	}
 	if st.Member {
 		wg.Go(func() { a.memberLoop(ctx) })
@@ -544,6 +561,7 @@ func (a *Agent) setupAuth(ctx context.Context) error {
 			return err
 		}},
 		{"add user ops", func() error { return a.addUser(ctx, OpsUser, OpsUser) }},
+		{"add user admin", func() error { return a.addUser(ctx, AdminUser, "root") }},
 		{"enable auth", func() error { _, err := a.cli.AuthEnable(ctx); return err }},
 	}
 	for _, s := range steps {
@@ -558,6 +576,10 @@ func (a *Agent) setupAuth(ctx context.Context) error {
 // OpsUser is the etcd user (and certificate CN) of operators: read-only on
 // the berth prefix.
 const OpsUser = "ops"
+
+// AdminUser is the etcd user (and certificate CN) of cluster
+// administrators: full access, as the nodes have.
+const AdminUser = "admin"
 
 func (a *Agent) addUser(ctx context.Context, name, role string) error {
 	if _, err := a.cli.UserAddWithOptions(ctx, name, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !isAlreadyExists(err) {
@@ -575,7 +597,66 @@ func (a *Agent) caHash() string {
 	return pki.CAHash(cert)
 }
 
-func (a *Agent) startJoinAPI() (*http.Server, error) {
+// startAPI serves the agent's HTTPS API: the join endpoint where this node
+// holds the CA key, and whatever Options.API adds (node API, registry).
+// Client certificates are verified when given, so handlers can tell
+// cluster identities (r.TLS.VerifiedChains) from anonymous callers.
+func (a *Agent) startAPI() (*http.Server, error) {
+	mux := http.NewServeMux()
+	if exists(a.path(pkiDir, "ca.key")) {
+		join, err := a.joinHandler()
+		if err != nil {
+			return nil, err
+		}
+		mux.Handle(joinapi.Path, join)
+	}
+	if a.opts.API != nil {
+		a.opts.API(mux)
+	}
+	ca, err := os.ReadFile(a.path(pkiDir, "ca.crt"))
+	if err != nil {
+		return nil, fmt.Errorf("agent API: %w", err)
+	}
+	nodeCert, err := os.ReadFile(a.path(pkiDir, "node.crt"))
+	if err != nil {
+		return nil, fmt.Errorf("agent API: %w", err)
+	}
+	nodeKey, err := os.ReadFile(a.path(pkiDir, "node.key"))
+	if err != nil {
+		return nil, fmt.Errorf("agent API: %w", err)
+	}
+	tlsCfg, err := joinapi.ServerTLSConfig(nodeCert, nodeKey, ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	tlsCfg.ClientCAs = pool
+	tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
+	u, err := url.Parse(a.opts.APIURL)
+	if err != nil {
+		return nil, fmt.Errorf("api url: %w", err)
+	}
+	ln, err := net.Listen("tcp", u.Host)
+	if err != nil {
+		return nil, fmt.Errorf("agent API: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	go func() {
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("agent API stopped", "err", err)
+		}
+	}()
+	a.log.Info("agent API listening", "url", a.opts.APIURL)
+	return srv, nil
+}
+
+func (a *Agent) joinHandler() (http.Handler, error) {
 	ca, err := pki.LoadCA(a.path(pkiDir))
 	if err != nil {
 		return nil, err
@@ -592,42 +673,10 @@ func (a *Agent) startJoinAPI() (*http.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join API: token file: %w", err)
 	}
-	nodeCert, err := os.ReadFile(a.path(pkiDir, "node.crt"))
-	if err != nil {
-		return nil, fmt.Errorf("join API: %w", err)
-	}
-	nodeKey, err := os.ReadFile(a.path(pkiDir, "node.key"))
-	if err != nil {
-		return nil, fmt.Errorf("join API: %w", err)
-	}
-	tlsCfg, err := joinapi.ServerTLSConfig(nodeCert, nodeKey, ca.CertPEM)
-	if err != nil {
-		return nil, err
-	}
-	u, err := url.Parse(a.opts.APIURL)
-	if err != nil {
-		return nil, fmt.Errorf("api url: %w", err)
-	}
-	ln, err := net.Listen("tcp", u.Host)
-	if err != nil {
-		return nil, fmt.Errorf("join API: %w", err)
-	}
-	srv := &http.Server{
-		Handler: &joinapi.Server{
-			Client: a.cli, CA: ca, CAKeyPEM: caKey, Token: token, SelfName: a.opts.Name,
-			Log: a.log.With("component", "joinapi"), Joined: func(o string) { joinsTotal.WithLabelValues(o).Inc() },
-		},
-		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
-	}
-	go func() {
-		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("join API stopped", "err", err)
-		}
-	}()
-	a.log.Info("join API listening", "url", a.opts.APIURL)
-	return srv, nil
+	return &joinapi.Server{
+		Client: a.cli, CA: ca, CAKeyPEM: caKey, Token: token, SelfName: a.opts.Name,
+		Log: a.log.With("component", "joinapi"), Joined: func(o string) { joinsTotal.WithLabelValues(o).Inc() },
+	}, nil
 }
 
 func trimSpace(b []byte) []byte {
@@ -647,6 +696,7 @@ func (a *Agent) newPublisher() *state.Publisher {
 		c = &state.Collector{
 			Name: a.opts.Name, Addresses: []string{host}, ClientURL: a.opts.ClientURL,
 			AgentVersion: a.opts.AgentVersion, Started: time.Now(), Log: a.log,
+			Labels: a.opts.Labels, Containers: a.opts.Containers,
 		}
 	}
 	var mu sync.Mutex // the publisher may collect from more than one goroutine

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +46,17 @@ type Config struct {
 	ElectionTimeout   time.Duration
 	LogLevel          string // debug, info, warn, error
 	EtcdLogLevel      string // etcd's own (zap) log level
+
+	// Workloads (containers). Labels are matched by jobs' node selectors.
+	Labels          map[string]string
+	Containers      bool   // run containers on this node (and the scheduler)
+	StateDir        string // containers, images, volumes, registry, network state
+	RescheduleGrace time.Duration
+	Bridge          string
+	BridgeSubnet4   netip.Prefix
+	BridgeSubnet6   netip.Prefix // invalid: IPv6 off for containers
+	PortBindIP      string
+	CgroupParent    string // tenants' cgroup subtrees live under CgroupParent/tenants/
 }
 
 // file mirrors the YAML file. Durations are strings ("30s") so that a bare
@@ -66,6 +79,16 @@ type file struct {
 	ElectionTimeout   string   `yaml:"election_timeout"`
 	LogLevel          string   `yaml:"log_level"`
 	EtcdLogLevel      string   `yaml:"etcd_log_level"`
+
+	Labels          map[string]string `yaml:"labels"`
+	Containers      *bool             `yaml:"containers"`
+	StateDir        string            `yaml:"state_dir"`
+	RescheduleGrace string            `yaml:"reschedule_grace"`
+	Bridge          string            `yaml:"bridge"`
+	BridgeSubnet    string            `yaml:"bridge_subnet"`
+	BridgeSubnet6   string            `yaml:"bridge_subnet6"`
+	PortBindIP      string            `yaml:"port_bind_ip"`
+	CgroupParent    string            `yaml:"cgroup_parent"`
 }
 
 func defaults() file {
@@ -79,6 +102,13 @@ func defaults() file {
 		ElectionTimeout:   "1s",
 		LogLevel:          "info",
 		EtcdLogLevel:      "warn",
+		StateDir:          "/var/lib/berth",
+		RescheduleGrace:   "10s",
+		Bridge:            "berth0",
+		BridgeSubnet:      "10.88.0.0/24",
+		BridgeSubnet6:     "fd42:6265:7274::/64",
+		PortBindIP:        "0.0.0.0",
+		CgroupParent:      "berth",
 	}
 }
 
@@ -131,6 +161,15 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&flags.ElectionTimeout, "election-timeout", "", "etcd election timeout")
 	fs.StringVar(&flags.LogLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&flags.EtcdLogLevel, "etcd-log-level", "", "etcd's log level: debug, info, warn or error")
+	labels := fs.String("labels", "", "node labels KEY=VALUE,... (matched by jobs' node_selector)")
+	containers := fs.Bool("containers", true, "run containers and the scheduler on this node")
+	fs.StringVar(&flags.StateDir, "state-dir", "", "containers, images, volumes and registry (default /var/lib/berth)")
+	fs.StringVar(&flags.RescheduleGrace, "reschedule-grace", "", "how long a node may be gone before its containers run elsewhere")
+	fs.StringVar(&flags.Bridge, "bridge", "", "container bridge interface (default berth0)")
+	fs.StringVar(&flags.BridgeSubnet, "bridge-subnet", "", "container IPv4 subnet (default 10.88.0.0/24)")
+	fs.StringVar(&flags.BridgeSubnet6, "bridge-subnet6", "", "container IPv6 subnet, or none (default fd42:6265:7274::/64)")
+	fs.StringVar(&flags.PortBindIP, "port-bind-ip", "", "host address of container port mappings (default 0.0.0.0)")
+	fs.StringVar(&flags.CgroupParent, "cgroup-parent", "", "cgroup of all containers; tenants get CGROUP/tenants/NAME (default berth)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return Config{}, &HelpError{flags: fs}
@@ -194,6 +233,28 @@ func Parse(args []string) (Config, error) {
 			merged.LogLevel = flags.LogLevel
 		case "etcd-log-level":
 			merged.EtcdLogLevel = flags.EtcdLogLevel
+		case "labels":
+			merged.Labels = map[string]string{}
+			for _, kv := range splitList(*labels) {
+				k, v, _ := strings.Cut(kv, "=")
+				merged.Labels[k] = v
+			}
+		case "containers":
+			merged.Containers = containers
+		case "state-dir":
+			merged.StateDir = flags.StateDir
+		case "reschedule-grace":
+			merged.RescheduleGrace = flags.RescheduleGrace
+		case "bridge":
+			merged.Bridge = flags.Bridge
+		case "bridge-subnet":
+			merged.BridgeSubnet = flags.BridgeSubnet
+		case "bridge-subnet6":
+			merged.BridgeSubnet6 = flags.BridgeSubnet6
+		case "port-bind-ip":
+			merged.PortBindIP = flags.PortBindIP
+		case "cgroup-parent":
+			merged.CgroupParent = flags.CgroupParent
 		}
 	})
 	return merged.validate()
@@ -315,6 +376,10 @@ func (f file) validate() (Config, error) {
 		}
 	}
 
+	if err := f.validateWorkloads(&c); err != nil {
+		return Config{}, err
+	}
+
 	if f.Token != "" && f.TokenFile != "" {
 		return Config{}, errors.New("token: set token or token-file, not both")
 	}
@@ -376,4 +441,65 @@ func firstGlobalIP() (string, error) {
 		}
 	}
 	return "", errors.New("no global unicast IPv4 address found")
+}
+
+// validateWorkloads checks the container settings.
+func (f file) validateWorkloads(c *Config) error {
+	c.Containers = f.Containers == nil || *f.Containers
+	c.Labels = map[string]string{}
+	for k, v := range f.Labels {
+		if err := checkLabel(k, v); err != nil {
+			return fmt.Errorf("labels: %w", err)
+		}
+		c.Labels[k] = v
+	}
+	if f.StateDir == "" || !filepath.IsAbs(f.StateDir) {
+		return fmt.Errorf("state-dir: %q must be an absolute path", f.StateDir)
+	}
+	c.StateDir = f.StateDir
+	grace, err := time.ParseDuration(f.RescheduleGrace)
+	if err != nil {
+		return fmt.Errorf("reschedule-grace: %q is not a duration like 10s", f.RescheduleGrace)
+	}
+	if grace < time.Second {
+		return fmt.Errorf("reschedule-grace: %s is shorter than 1s (it must outlast an etcd election)", grace)
+	}
+	c.RescheduleGrace = grace
+	if f.Bridge == "" || len(f.Bridge) > 15 {
+		return fmt.Errorf("bridge: %q must be an interface name of 1 to 15 characters", f.Bridge)
+	}
+	c.Bridge = f.Bridge
+	if c.BridgeSubnet4, err = netip.ParsePrefix(f.BridgeSubnet); err != nil || !c.BridgeSubnet4.Addr().Is4() {
+		return fmt.Errorf("bridge-subnet: %q is not an IPv4 prefix like 10.88.0.0/24", f.BridgeSubnet)
+	}
+	if f.BridgeSubnet6 != "none" {
+		if c.BridgeSubnet6, err = netip.ParsePrefix(f.BridgeSubnet6); err != nil || !c.BridgeSubnet6.Addr().Is6() {
+			return fmt.Errorf("bridge-subnet6: %q is not an IPv6 prefix like fd42:6265:7274::/64 (or none)", f.BridgeSubnet6)
+		}
+	}
+	if net.ParseIP(f.PortBindIP) == nil {
+		return fmt.Errorf("port-bind-ip: %q is not an IP address", f.PortBindIP)
+	}
+	c.PortBindIP = f.PortBindIP
+	if f.CgroupParent == "" || strings.HasPrefix(f.CgroupParent, "/") || strings.Contains(f.CgroupParent, "..") {
+		return fmt.Errorf("cgroup-parent: %q must be a relative cgroup path like berth", f.CgroupParent)
+	}
+	c.CgroupParent = f.CgroupParent
+	return nil
+}
+
+// checkLabel accepts label keys and values that are safe in a node
+// document and a job's node selector.
+func checkLabel(k, v string) error {
+	if k == "" || len(k) > 63 || len(v) > 63 {
+		return fmt.Errorf("%q=%q: keys are 1-63 characters, values at most 63", k, v)
+	}
+	for _, s := range []string{k, v} {
+		for _, r := range s {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r)) {
+				return fmt.Errorf("%q=%q: character %q not allowed (use letters, digits, - _ . /)", k, v, r)
+			}
+		}
+	}
+	return nil
 }

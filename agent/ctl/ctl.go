@@ -36,6 +36,17 @@ Commands:
   members      list etcd members, marking the leader and learners
   watch        print a line for every change under /berth/v1/nodes/ until interrupted
 
+  run -f FILE  submit (or update) a job from YAML or JSON (- = stdin)
+  jobs         list the tenant's jobs: WANT, PLACED, RUNNING and why not placed
+  ps [JOB]     where each replica runs: NODE STATE RESTARTS EXIT IP AGE REASON
+  logs JOB[/REPLICA] [--follow] [--tail N]   a replica's output (replica 0 by default)
+  stop JOB     keep the job but run nothing; start JOB runs it again
+  rm JOB       remove the job and its containers (volumes stay on their nodes)
+  stats        CPU, memory, pids and I/O of the tenant's containers (1 s sample)
+  usage        the tenant's CPU-seconds and memory GiB-hours, per node and total
+  tenant add NAME [--cpu Q] [--memory Q]    create a tenant's etcd role and quota (admin)
+  image push IMAGE.tar REPO:TAG             push to the cluster registry (berth.local/REPO:TAG)
+
 Flags (also accepted after the command):
   --endpoints URL,...   etcd client URLs (env BERTHCTL_ENDPOINTS; default https://127.0.0.1:2379)
   --cacert FILE         cluster CA certificate (env BERTHCTL_CACERT)
@@ -45,6 +56,8 @@ Flags (also accepted after the command):
                         YAML keys: endpoints (list), cacert, cert, key
   -o, --output FORMAT   table, json or yaml (env BERTHCTL_OUTPUT; default table)
   --timeout DURATION    connect and request timeout (default 5s)
+  --tenant NAME         tenant of job commands (env BERTHCTL_TENANT; default: the
+                        certificate's tenant:NAME, else "default")
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 cluster unreachable.
 `
@@ -95,6 +108,11 @@ func Main(ctx context.Context, args []string, sys IO) int {
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 type options struct {
+	// Job command flags.
+	file, tenant, cpu, memory string
+	follow                    bool
+	tail                      int
+
 	cfg     Config
 	output  string
 	timeout time.Duration
@@ -116,6 +134,13 @@ func parseArgs(args []string, sys IO) (options, error) {
 	fs.StringVar(&o.output, "output", "", "")
 	fs.StringVar(&o.output, "o", "", "")
 	fs.DurationVar(&o.timeout, "timeout", DefaultTimeout, "")
+	fs.StringVar(&o.file, "f", "", "")
+	fs.StringVar(&o.file, "file", "", "")
+	fs.StringVar(&o.tenant, "tenant", "", "")
+	fs.StringVar(&o.cpu, "cpu", "", "")
+	fs.StringVar(&o.memory, "memory", "", "")
+	fs.BoolVar(&o.follow, "follow", false, "")
+	fs.IntVar(&o.tail, "tail", 0, "")
 
 	// Go's flag package stops at the first argument; parse again after
 	// each one so flags may follow the command.
@@ -204,14 +229,41 @@ func run(ctx context.Context, args []string, sys IO) error {
 		cmd = cmdMembers
 	case "watch":
 		cmd = cmdWatch
+	case "run":
+		cmd = cmdRun
+	case "jobs":
+		cmd = cmdJobs
+	case "ps":
+		cmd = cmdPs
+	case "logs":
+		cmd = cmdLogs
+	case "stop":
+		cmd = cmdStop
+	case "start":
+		cmd = cmdStart
+	case "rm":
+		cmd = cmdRm
+	case "stats":
+		cmd = cmdStats
+	case "usage":
+		cmd = cmdUsage
+	case "tenant":
+		cmd = cmdTenantAdd
+	case "image":
+		cmd = cmdImagePush
 	case "help":
 		fmt.Fprint(sys.Stdout, usage)
 		return nil
 	default:
-		return fail(ExitUsage, "unknown command %q (want nodes, node, members or watch)", o.command)
+		return fail(ExitUsage, "unknown command %q (see berthctl --help)", o.command)
 	}
-	if want := map[string]int{"node": 1}[o.command]; len(o.args) != want {
-		return fail(ExitUsage, "%s takes %d argument(s), got %d", o.command, want, len(o.args))
+	maxArgs := map[string]int{"node": 1, "ps": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
+	minArgs := map[string]int{"node": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
+	if n := len(o.args); n < minArgs[o.command] || n > maxArgs[o.command] {
+		if minArgs[o.command] == maxArgs[o.command] {
+			return fail(ExitUsage, "%s takes %d argument(s), got %d", o.command, maxArgs[o.command], n)
+		}
+		return fail(ExitUsage, "%s takes at most %d argument(s), got %d", o.command, maxArgs[o.command], n)
 	}
 	cli, err := newClient(o.cfg, o.timeout)
 	if err != nil {

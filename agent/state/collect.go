@@ -42,6 +42,8 @@ type Collector struct {
 	Kernel func() (string, error)
 	// Containers counts running and all containers; nil reports zero.
 	Containers func() (running, total int)
+	// Labels are copied into the document (the operator's node labels).
+	Labels map[string]string
 	// Ready tells whether the agent considers the node ready; nil means true.
 	Ready func() bool
 	Now   func() time.Time
@@ -82,6 +84,7 @@ func (c *Collector) Gather() (Node, error) {
 		Agent:     Agent{Version: c.AgentVersion, Started: c.Started},
 		Heartbeat: now().UTC().Truncate(time.Second),
 		Ready:     c.Ready == nil || c.Ready(),
+		Labels:    c.Labels,
 	}
 	if n.Agent.Version == "" {
 		n.Agent.Version = "dev"

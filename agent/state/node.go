@@ -32,6 +32,9 @@ type Node struct {
 	Containers    Containers `json:"containers"`
 	Heartbeat     time.Time  `json:"heartbeat"`
 	Ready         bool       `json:"ready"`
+	// Labels are the operator's node labels (agent config), matched by a
+	// job's node_selector.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // OS is the running OS and its update state. Off a berth node (no slot on

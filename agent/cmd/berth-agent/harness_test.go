@@ -39,6 +39,10 @@ const (
 type testNode struct {
 	name, ip                   string
 	netns                      string // network namespace it runs in; "" = the test's own
+	// netOnly enters only netns's network namespace (nsenter --net):
+	// ip netns exec also remounts /sys, which hides the cgroup mounts
+	// that containers need.
+	netOnly bool
 	peer, client, api, metrics string
 	dir                        string
 	logPath                    string
@@ -111,6 +115,9 @@ func (c *testCluster) args(n *testNode, extra ...string) []string {
 		"--heartbeat-interval", "50ms", "--election-timeout", "500ms",
 		"--node-ttl", testTTL.String(), "--dead-after", testDeadAfter.String(),
 		"--log-level", "debug",
+		// Containers only where a test asks for them (--containers=true
+		// later on the command line wins); state never in /var/lib/berth.
+		"--containers=false", "--state-dir", filepath.Join(c.root, n.name+"-state"),
 	}, extra...)
 }
 
@@ -125,6 +132,9 @@ func (c *testCluster) start(n *testNode, extra ...string) {
 	if n.netns != "" {
 		// ip netns exec execs the agent: cmd.Process is the agent itself.
 		cmd = exec.Command("ip", append([]string{"netns", "exec", n.netns, c.bin}, c.args(n, extra...)...)...)
+		if n.netOnly {
+			cmd = exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + n.netns, "--", c.bin}, c.args(n, extra...)...)...)
+		}
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "JOURNAL_STREAM=") // never log to the host journal

@@ -4,6 +4,7 @@
 //
 //	berth-agent [--config FILE] [flags]                 run the agent
 //	berth-agent issue-ops-cert --data-dir D --out DIR   write ops.crt, ops.key, ca.crt
+//	berth-agent issue-cert --admin|--ops|--tenant NAME --data-dir D --out DIR
 package main
 
 import (
@@ -30,9 +31,13 @@ import (
 var version = "dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "issue-ops-cert" {
-		if err := issueOpsCert(os.Args[2:]); err != nil {
-			fmt.Fprintf(os.Stderr, "berth-agent issue-ops-cert: %v\n", err)
+	if len(os.Args) > 1 && (os.Args[1] == "issue-ops-cert" || os.Args[1] == "issue-cert") {
+		issue := issueOpsCert
+		if os.Args[1] == "issue-cert" {
+			issue = func(args []string) error { return issueCert(args, "issue-cert") }
+		}
+		if err := issue(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "berth-agent %s: %v\n", os.Args[1], err)
 			os.Exit(exitCode(err))
 		}
 		return
@@ -61,15 +66,19 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	if underJournal {
 		etcdLog = "systemd/journal"
 	}
-	agent, err := cluster.New(cluster.Options{
+	opts := cluster.Options{
 		Name: cfg.Name, DataDir: cfg.DataDir,
 		PeerURL: cfg.PeerURL, ClientURL: cfg.ClientURL, APIURL: cfg.APIURL,
 		Join: cfg.Join, Token: cfg.Token, Voters: cfg.Voters,
 		DeadAfter: cfg.DeadAfter, NodeTTL: cfg.NodeTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval, ElectionTimeout: cfg.ElectionTimeout,
 		EtcdLogLevel: cfg.EtcdLogLevel, EtcdLogOutput: etcdLog,
-		AgentVersion: version, Log: log,
-	})
+		AgentVersion: version, Log: log, Labels: cfg.Labels,
+	}
+	if err := workloads(cfg, &opts, log); err != nil {
+		return err
+	}
+	agent, err := cluster.New(opts)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/cluster"
+	"github.com/berth-os/berth/agent/config"
+	"github.com/berth-os/berth/agent/images"
+	"github.com/berth-os/berth/agent/netsetup"
+	"github.com/berth-os/berth/agent/registry"
+	"github.com/berth-os/berth/agent/runtime"
+	"github.com/berth-os/berth/agent/sched"
+	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/workload"
+)
+
+// workloads wires the container side of the agent into cluster.Options:
+// the scheduler and the node's workload manager as services, and the node
+// API and the cluster registry on the agent's HTTPS listener.
+func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error {
+	peers := &peerList{self: cfg.APIURL}
+	reg, err := registry.New(registry.Options{
+		Dir:        filepath.Join(cfg.StateDir, "registry"),
+		Peers:      peers.urls,
+		PeerClient: &http.Client{Transport: lazyNodeTransport(cfg.DataDir), Timeout: 5 * time.Minute},
+		Log:        log.With("component", "registry"),
+	})
+	if err != nil {
+		return err
+	}
+	api := func(mux *http.ServeMux) { mux.Handle("/v2/", requireClientCert(reg)) }
+	opts.Services = append(opts.Services, peers.follow)
+	if !cfg.Containers {
+		opts.API = api
+		return nil
+	}
+
+	rt, err := runtime.NewShim(runtime.ShimOptions{Root: filepath.Join(cfg.StateDir, "containers"), Log: log.With("component", "runtime")})
+	if err != nil {
+		return err
+	}
+	store, err := images.Open(filepath.Join(cfg.StateDir, "images"), images.Options{
+		Transport: lazyNodeTransport(cfg.DataDir), Log: log.With("component", "images"),
+	})
+	if err != nil {
+		return err
+	}
+	netCfg := netsetup.Config{
+		Bridge: cfg.Bridge, Subnet4: cfg.BridgeSubnet4, Subnet6: cfg.BridgeSubnet6,
+		DisableIPv6: !cfg.BridgeSubnet6.IsValid(),
+		StateDir:    filepath.Join(cfg.StateDir, "net"),
+	}
+	apiHost := ""
+	if u, err := url.Parse(cfg.APIURL); err == nil {
+		apiHost = u.Host
+	}
+	mgr, err := workload.New(workload.Options{
+		Node: cfg.Name, Runtime: rt, Images: store,
+		Network:       func() (workload.Network, error) { return netsetup.Open(netCfg) },
+		VolumesDir:    filepath.Join(cfg.StateDir, "volumes"),
+		PortBindIP:    cfg.PortBindIP,
+		TenantCgroups: path.Join(cfg.CgroupParent, "tenants"),
+		StateDir:      cfg.StateDir,
+		LocalRegistry: apiHost,
+		Log:           log,
+	})
+	if err != nil {
+		return err
+	}
+	opts.Services = append(opts.Services, mgr.Run, func(ctx context.Context, cli *clientv3.Client) error {
+		s := sched.New(cli, sched.Options{Name: cfg.Name, Grace: cfg.RescheduleGrace, Log: log.With("component", "scheduler")})
+		return s.Run(ctx)
+	})
+	opts.Containers = func() (int, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return mgr.Counts(ctx)
+	}
+	opts.API = func(mux *http.ServeMux) {
+		api(mux)
+		mgr.Routes(mux)
+	}
+	return nil
+}
+
+// requireClientCert lets only holders of a certificate of the cluster CA
+// (nodes, operators, tenants) use the cluster registry.
+func requireClientCert(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintln(w, `{"errors":[{"code":"UNAUTHORIZED","message":"a client certificate of the cluster CA is required"}]}`)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// lazyNodeTransport is an HTTPS transport that presents this node's
+// certificate and trusts only the cluster CA. The files exist only after
+// bootstrap or join, so they are read on first use.
+func lazyNodeTransport(dataDir string) http.RoundTripper {
+	var once sync.Once
+	var tr http.RoundTripper
+	var trErr error
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		once.Do(func() {
+			pkiDir := filepath.Join(dataDir, "pki")
+			cert, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, "node.crt"), filepath.Join(pkiDir, "node.key"))
+			if err != nil {
+				trErr = fmt.Errorf("node certificate: %w", err)
+				return
+			}
+			ca, err := os.ReadFile(filepath.Join(pkiDir, "ca.crt"))
+			if err != nil {
+				trErr = fmt.Errorf("cluster CA: %w", err)
+				return
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(ca)
+			base := http.DefaultTransport.(*http.Transport).Clone()
+			base.TLSClientConfig = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}
+			tr = base
+		})
+		if trErr != nil {
+			return nil, trErr
+		}
+		return tr.RoundTrip(r)
+	})
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// peerList keeps the API URLs of the other agents (from their role
+// entries), for the registry's fallback to peers.
+type peerList struct {
+	self string
+	mu   sync.Mutex
+	list []string
+}
+
+func (p *peerList) urls() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.list...)
+}
+
+// follow refreshes the list every few seconds until ctx ends.
+func (p *peerList) follow(ctx context.Context, cli *clientv3.Client) error {
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := cli.Get(gctx, state.RolesPrefix, clientv3.WithPrefix())
+		cancel()
+		if err == nil {
+			var list []string
+			for _, kv := range resp.Kvs {
+				var r state.RoleEntry
+				if json.Unmarshal(kv.Value, &r) == nil && r.APIURL != "" && r.APIURL != p.self {
+					list = append(list, r.APIURL)
+				}
+			}
+			p.mu.Lock()
+			p.list = list
+			p.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(5 * time.Second):
+		}
+	}
+}

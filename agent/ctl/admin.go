@@ -1,0 +1,279 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/state"
+)
+
+// TenantUser is the etcd user (and certificate CN) of a tenant.
+func TenantUser(tenant string) string { return "tenant:" + tenant }
+
+// cmdTenantAdd creates a tenant's etcd role and user: read-write on its
+// own jobs, read-only on the rest of its subtree (status, placement,
+// usage) and on the nodes' API addresses; nothing of other tenants.
+func cmdTenantAdd(ctx context.Context, s *session) error {
+	if len(s.opts.args) != 2 || s.opts.args[0] != "add" {
+		return fail(ExitUsage, "usage: berthctl tenant add NAME [--cpu 4000m] [--memory 8Gi]")
+	}
+	tenant := s.opts.args[1]
+	if err := jobs.CheckTenantName(tenant); err != nil {
+		return fail(ExitUsage, "%v", err)
+	}
+	var q jobs.Quota
+	var err error
+	if s.opts.cpu != "" {
+		if q.CPUMillis, err = jobs.ParseCPU(s.opts.cpu); err != nil {
+			return fail(ExitUsage, "--cpu: %v", err)
+		}
+	}
+	if s.opts.memory != "" {
+		if q.MemoryBytes, err = jobs.ParseMemory(s.opts.memory); err != nil {
+			return fail(ExitUsage, "--memory: %v", err)
+		}
+	}
+	user := TenantUser(tenant)
+	read := clientv3.PermissionType(clientv3.PermRead)
+	rw := clientv3.PermissionType(clientv3.PermReadWrite)
+	quota, _ := json.Marshal(q)
+	steps := []struct {
+		what string
+		do   func(context.Context) error
+	}{
+		{"add role", func(ctx context.Context) error { _, err := s.cli.RoleAdd(ctx, user); return err }},
+		{"grant jobs", func(ctx context.Context) error {
+			p := jobs.JobsPrefix(tenant)
+			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), rw)
+			return err
+		}},
+		{"grant tenant read", func(ctx context.Context) error {
+			p := jobs.TenantPrefix(tenant)
+			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
+			return err
+		}},
+		{"grant node addresses", func(ctx context.Context) error {
+			_, err := s.cli.RoleGrantPermission(ctx, user, state.RolesPrefix, clientv3.GetPrefixRangeEnd(state.RolesPrefix), read)
+			return err
+		}},
+		{"add user", func(ctx context.Context) error {
+			_, err := s.cli.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		}},
+		{"grant role", func(ctx context.Context) error { _, err := s.cli.UserGrantRole(ctx, user, user); return err }},
+		{"set quota", func(ctx context.Context) error {
+			_, err := s.cli.Put(ctx, jobs.QuotaKey(tenant), string(quota))
+			return err
+		}},
+	}
+	for _, st := range steps {
+		err := s.request(ctx, "tenant add: "+st.what, func(ctx context.Context) error {
+			err := st.do(ctx)
+			if err != nil && strings.Contains(err.Error(), "already exists") {
+				return nil // adding a tenant again only updates its quota
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(s.sys.Stdout, "tenant %s ready (etcd user %q, quota cpu %s memory %s); issue its certificate on a voter with:\n  berth-agent issue-cert --tenant %s --out DIR\n",
+		tenant, user, orUnlimited(q.CPUMillis, jobs.FormatCPU), orUnlimited(q.MemoryBytes, jobs.FormatMemory), tenant)
+	return nil
+}
+
+func orUnlimited(v int64, format func(int64) string) string {
+	if v == 0 {
+		return "unlimited"
+	}
+	return format(v)
+}
+
+// cmdImagePush pushes an image tarball (docker save or oci-archive) into
+// the cluster registry served by the agents, so nodes without internet
+// access can pull it as berth.local/REPO:TAG.
+func cmdImagePush(ctx context.Context, s *session) error {
+	if len(s.opts.args) != 3 || s.opts.args[0] != "push" {
+		return fail(ExitUsage, "usage: berthctl image push IMAGE.tar REPO:TAG")
+	}
+	file, target := s.opts.args[1], s.opts.args[2]
+	img, err := tarball.ImageFromPath(file, nil)
+	if err != nil {
+		return fail(ExitUsage, "read %s: %v (want a docker save tarball)", file, err)
+	}
+	client, err := s.apiClient()
+	if err != nil {
+		return err
+	}
+	apis, err := nodeAPIs(ctx, s)
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(func(yield func(string) bool) {
+		for n := range apis {
+			if !yield(n) {
+				return
+			}
+		}
+	})
+	if len(names) == 0 {
+		return fail(ExitError, "no agent API address is known in the cluster")
+	}
+	var lastErr error
+	for _, n := range names {
+		u, err := url.Parse(apis[n])
+		if err != nil {
+			continue
+		}
+		ref, err := name.ParseReference(u.Host + "/" + target)
+		if err != nil {
+			return fail(ExitUsage, "%s: %v (want REPO:TAG)", target, err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		err = remote.Write(ref, img, remote.WithContext(pctx), remote.WithTransport(client.Transport))
+		cancel()
+		if err != nil {
+			lastErr = fmt.Errorf("push to node %s: %w", n, err)
+			continue
+		}
+		digest, _ := img.Digest()
+		fmt.Fprintf(s.sys.Stdout, "pushed %s to node %s's registry: use image berth.local/%s@%s\n", file, n, repoOf(target), digest)
+		return nil
+	}
+	return lastErr
+}
+
+func repoOf(target string) string {
+	if i := strings.LastIndex(target, ":"); i > strings.LastIndex(target, "/") {
+		return target[:i]
+	}
+	return target
+}
+
+// statsRow is one container in `berthctl stats`.
+type statsRow struct {
+	Node        string  `json:"node"`
+	ID          string  `json:"id"`
+	Tenant      string  `json:"tenant"`
+	Job         string  `json:"job"`
+	Replica     int     `json:"replica"`
+	CPUCores    float64 `json:"cpu_cores"`
+	MemoryBytes uint64  `json:"memory_bytes"`
+	MemoryLimit uint64  `json:"memory_limit_bytes"`
+	Pids        uint64  `json:"pids"`
+	IORead      uint64  `json:"io_read_bytes"`
+	IOWrite     uint64  `json:"io_write_bytes"`
+}
+
+// nodeContainer is the part of the node API's answer berthctl reads.
+type nodeContainer struct {
+	ID      string `json:"id"`
+	Tenant  string `json:"tenant"`
+	Job     string `json:"job"`
+	Replica int    `json:"replica"`
+	Stats   *struct {
+		Time             time.Time `json:"time"`
+		CPUUsageNanos    uint64    `json:"cpu_usage_nanos"`
+		MemoryBytes      uint64    `json:"memory_bytes"`
+		MemoryLimitBytes uint64    `json:"memory_limit_bytes"`
+		PidsCurrent      uint64    `json:"pids_current"`
+		IOReadBytes      uint64    `json:"io_read_bytes"`
+		IOWriteBytes     uint64    `json:"io_write_bytes"`
+	} `json:"stats"`
+}
+
+// cmdStats samples every node's containers of the tenant twice, one
+// second apart, and prints CPU (cores used in that second), memory, pids
+// and I/O per container.
+func cmdStats(ctx context.Context, s *session) error {
+	tenant, err := s.tenant()
+	if err != nil {
+		return err
+	}
+	client, err := s.apiClient()
+	if err != nil {
+		return err
+	}
+	client.Timeout = s.opts.timeout
+	apis, err := nodeAPIs(ctx, s)
+	if err != nil {
+		return err
+	}
+	sample := func() map[string]nodeContainer {
+		out := map[string]nodeContainer{}
+		for node, api := range apis {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(api, "/")+"/v1/containers?tenant="+url.QueryEscape(tenant), nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				continue // a node that does not answer has no stats to show
+			}
+			var list []nodeContainer
+			if resp.StatusCode == http.StatusOK {
+				_ = json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&list)
+			}
+			resp.Body.Close()
+			for _, c := range list {
+				if c.Stats != nil {
+					out[node+"\x00"+c.ID] = c
+				}
+			}
+		}
+		return out
+	}
+	first := sample()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Second):
+	}
+	second := sample()
+	var rows []statsRow
+	for key, c := range second {
+		node, _, _ := strings.Cut(key, "\x00")
+		r := statsRow{Node: node, ID: c.ID, Tenant: c.Tenant, Job: c.Job, Replica: c.Replica,
+			MemoryBytes: c.Stats.MemoryBytes, MemoryLimit: c.Stats.MemoryLimitBytes, Pids: c.Stats.PidsCurrent,
+			IORead: c.Stats.IOReadBytes, IOWrite: c.Stats.IOWriteBytes}
+		if p, ok := first[key]; ok && c.Stats.Time.After(p.Stats.Time) && c.Stats.CPUUsageNanos >= p.Stats.CPUUsageNanos {
+			r.CPUCores = float64(c.Stats.CPUUsageNanos-p.Stats.CPUUsageNanos) / float64(c.Stats.Time.Sub(p.Stats.Time).Nanoseconds())
+		}
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b statsRow) int {
+		if c := strings.Compare(a.Job, b.Job); c != 0 {
+			return c
+		}
+		return a.Replica - b.Replica
+	})
+	if s.opts.output != "table" {
+		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "items": rows})
+	}
+	t := newTable(s.sys.Stdout, "JOB", "REPLICA", "NODE", "CPU", "MEMORY", "LIMIT", "PIDS", "READ", "WRITE")
+	for _, r := range rows {
+		t.row(r.Job, strconv.Itoa(r.Replica), r.Node, fmt.Sprintf("%.1f%%", r.CPUCores*100),
+			jobs.FormatMemory(int64(r.MemoryBytes)), limitText(r.MemoryLimit), strconv.FormatUint(r.Pids, 10),
+			jobs.FormatMemory(int64(r.IORead)), jobs.FormatMemory(int64(r.IOWrite)))
+	}
+	return t.flush()
+}
+
+func limitText(v uint64) string {
+	if v == 0 || v > 1<<60 {
+		return "-"
+	}
+	return jobs.FormatMemory(int64(v))
+}
