@@ -14,7 +14,8 @@ TEST_TIMEOUT ?= 50m
 
 DEB_PACKAGES = mmdebstrap squashfs-tools erofs-utils dosfstools mtools \
 	qemu-system-x86 ovmf qemu-utils gdisk cpio e2fsprogs systemd \
-	systemd-boot-efi busybox-static uidmap ca-certificates
+	systemd-boot-efi busybox-static uidmap ca-certificates \
+	libseccomp-dev runc iproute2 util-linux
 
 .PHONY: all deps build image boot test unit e2e vet fmt bench clean
 
@@ -38,6 +39,8 @@ build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-update ./updater/cmd/berth-update
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berth-agent ./agent/cmd/berth-agent
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o bin/berthctl ./agent/cmd/berthctl
+	@# The container monitor needs cgo (libcontainer's nsenter) and libseccomp.
+	CGO_ENABLED=1 $(GO) build $(GOFLAGS_BUILD) -tags seccomp -o bin/berth-shim ./agent/cmd/berth-shim
 
 # The key that signs update payloads of `make image`; made once, never
 # committed. Production images should be signed with a key kept elsewhere.
@@ -76,6 +79,10 @@ e2e: deps build
 test: deps vet unit e2e
 
 bench: deps build
+	@# Scheduler: 1,000 simulated nodes, 10,000 replicas (ratio to pure placement).
+	$(GO) test -count=1 -run '^$$' -bench Schedule1000Nodes -benchtime 3x ./agent/sched/
+	@# Container start: our runtime vs runc run of the same bundle (ratio).
+	$(GO) test -count=1 -run '^$$' -bench StartLatency -benchtime 20x ./agent/runtime/
 	BERTH_E2E=1 BERTH_CACHE=$(CACHE) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '^$$' -bench . -benchtime 1x ./builder/e2e/
 
 clean:

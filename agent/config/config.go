@@ -57,6 +57,7 @@ type Config struct {
 	BridgeSubnet6   netip.Prefix // invalid: IPv6 off for containers
 	PortBindIP      string
 	CgroupParent    string // tenants' cgroup subtrees live under CgroupParent/tenants/
+	NetNSDir        string // containers' named network namespaces
 }
 
 // file mirrors the YAML file. Durations are strings ("30s") so that a bare
@@ -89,6 +90,7 @@ type file struct {
 	BridgeSubnet6   string            `yaml:"bridge_subnet6"`
 	PortBindIP      string            `yaml:"port_bind_ip"`
 	CgroupParent    string            `yaml:"cgroup_parent"`
+	NetNSDir        string            `yaml:"netns_dir"`
 }
 
 func defaults() file {
@@ -109,6 +111,7 @@ func defaults() file {
 		BridgeSubnet6:     "fd42:6265:7274::/64",
 		PortBindIP:        "0.0.0.0",
 		CgroupParent:      "berth",
+		NetNSDir:          "/run/berth/netns",
 	}
 }
 
@@ -169,6 +172,7 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&flags.BridgeSubnet, "bridge-subnet", "", "container IPv4 subnet (default 10.88.0.0/24)")
 	fs.StringVar(&flags.BridgeSubnet6, "bridge-subnet6", "", "container IPv6 subnet, or none (default fd42:6265:7274::/64)")
 	fs.StringVar(&flags.PortBindIP, "port-bind-ip", "", "host address of container port mappings (default 0.0.0.0)")
+	fs.StringVar(&flags.NetNSDir, "netns-dir", "", "where containers' network namespaces are pinned (default /run/berth/netns)")
 	fs.StringVar(&flags.CgroupParent, "cgroup-parent", "", "cgroup of all containers; tenants get CGROUP/tenants/NAME (default berth)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -255,6 +259,8 @@ func Parse(args []string) (Config, error) {
 			merged.PortBindIP = flags.PortBindIP
 		case "cgroup-parent":
 			merged.CgroupParent = flags.CgroupParent
+		case "netns-dir":
+			merged.NetNSDir = flags.NetNSDir
 		}
 	})
 	return merged.validate()
@@ -485,6 +491,10 @@ func (f file) validateWorkloads(c *Config) error {
 		return fmt.Errorf("cgroup-parent: %q must be a relative cgroup path like berth", f.CgroupParent)
 	}
 	c.CgroupParent = f.CgroupParent
+	if !filepath.IsAbs(f.NetNSDir) {
+		return fmt.Errorf("netns-dir: %q must be an absolute path", f.NetNSDir)
+	}
+	c.NetNSDir = f.NetNSDir
 	return nil
 }
 

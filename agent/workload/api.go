@@ -17,9 +17,9 @@ import (
 
 // API paths served on the agent's HTTPS API listener.
 const (
-	ContainersPath = "/v1/containers"      // GET: containers on this node, with stats
-	LogsPathPrefix = "/v1/containers/"     // GET /v1/containers/ID/logs[?follow=1&tail=N]
-	TenantCNPrefix = "tenant:"             // certificate CN of a tenant's identity
+	ContainersPath = "/v1/containers"  // GET: containers on this node, with stats
+	LogsPathPrefix = "/v1/containers/" // GET /v1/containers/ID/logs[?follow=1&tail=N]
+	TenantCNPrefix = "tenant:"         // certificate CN of a tenant's identity
 	logsSuffix     = "/logs"
 )
 

@@ -341,8 +341,8 @@ func (w *worker) deleteStatus(ctx context.Context) {
 // removeContainer stops and removes a container and releases its writable
 // layer and network address. Volumes stay.
 func (m *Manager) removeContainer(ctx context.Context, id string) {
-	timeout := 10 * time.Second
-	if err := m.o.Runtime.Stop(ctx, id, timeout); err != nil && !errors.Is(err, runtime.ErrNotFound) {
+	// 0: the container's own stop timeout (the job's stop_timeout_seconds).
+	if err := m.o.Runtime.Stop(ctx, id, 0); err != nil && !errors.Is(err, runtime.ErrNotFound) {
 		m.log.Warn("stop container", "id", id, "err", err)
 	}
 	if err := m.o.Runtime.Remove(ctx, id); err != nil && !errors.Is(err, runtime.ErrNotFound) {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +25,10 @@ import (
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/runtime"
 )
+
+// testGrace is the scheduler's grace before re-placing a lost node's
+// replicas: long enough for an agent restart to come back first.
+const testGrace = 5 * time.Second
 
 // containerEnv is the namespace, binaries and identities of the scenario.
 type containerEnv struct {
@@ -107,14 +112,19 @@ func (e *containerEnv) removeContainers() {
 			}
 		}
 		cancel()
-		mounts, _ := os.ReadFile("/proc/self/mounts")
-		for _, line := range strings.Split(string(mounts), "\n") {
-			fields := strings.Fields(line)
-			if len(fields) > 1 && strings.HasPrefix(fields[1], e.stateDir(n)+"/") {
-				if err := syscall.Unmount(fields[1], syscall.MNT_DETACH); err != nil {
-					e.t.Logf("cleanup: unmount %s: %v", fields[1], err)
-				}
-			}
+	}
+	// Container roots and pinned network namespaces, deepest first.
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	var points []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if fields := strings.Fields(line); len(fields) > 1 && strings.HasPrefix(fields[1], e.c.root+"/") {
+			points = append(points, fields[1])
+		}
+	}
+	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+	for _, p := range points {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+			e.t.Logf("cleanup: unmount %s: %v", p, err)
 		}
 	}
 }
@@ -190,6 +200,27 @@ func (e *containerEnv) running(tenant, job string) map[string][]string {
 	return out
 }
 
+// pids maps node n's running containers to their process IDs.
+func (e *containerEnv) pids(n *testNode) map[string]int {
+	rt, err := e.runtimeOf(n)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := ctxT(5 * time.Second)
+	defer cancel()
+	states, err := rt.List(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, st := range states {
+		if st.Status == runtime.StatusRunning {
+			out[st.ID] = st.Pid
+		}
+	}
+	return out
+}
+
 // duplicates reports replicas with more than one running container.
 func duplicates(running map[string][]string) []string {
 	seen := map[string]int{}
@@ -260,6 +291,7 @@ func TestContainersAcrossCluster(t *testing.T) {
 image: berth.local/busybox:test
 command: ["sh", "-c", "echo started $HOSTNAME; cat /etc/motd; exec httpd -f -p 8080 -h /etc"]
 replicas: 2
+stop_timeout_seconds: 2
 resources:
   cpu: 100m
   memory: 64Mi
@@ -268,7 +300,7 @@ ports:
     host: 18080
 `)
 	spreadFile := filepath.Join(t.TempDir(), "spread.yaml")
-	writeFile(t, spreadFile, "name: spread\nimage: berth.local/busybox:test\ncommand: [sleep, '100000']\nreplicas: 3\nresources: {cpu: 50m, memory: 16Mi}\n")
+	writeFile(t, spreadFile, "name: spread\nimage: berth.local/busybox:test\ncommand: [sleep, '100000']\nreplicas: 3\nstop_timeout_seconds: 1\nresources: {cpu: 50m, memory: 16Mi}\n")
 	e.mustCtl("acme", "run", "-f", webFile)
 	e.mustCtl("acme", "run", "-f", spreadFile)
 	waitSpread := func(job string, replicas, nodes int) []jobs.ReplicaStatus {
@@ -358,11 +390,72 @@ ports:
 	// containers go on (their monitors do not need the agent); after the
 	// grace period the replica runs elsewhere too; when the agent comes
 	// back it stops its now-foreign copy: no duplicates remain.
+	// Malformed spec and unknown image: one clear line, or a replica
+	// status saying what is wrong.
+	badFile := filepath.Join(t.TempDir(), "bad.yaml")
+	writeFile(t, badFile, "name: bad\nimage: berth.local/busybox:test\nreplicas: many\n")
+	if out, err := e.ctl("acme", "run", "-f", badFile); err == nil || !strings.Contains(out, "bad.yaml:3: replicas") || strings.Count(strings.TrimSpace(out), "\n") > 1 {
+		t.Fatalf("malformed job: err=%v out=%q", err, out)
+	}
+	ghostFile := filepath.Join(t.TempDir(), "ghost.yaml")
+	writeFile(t, ghostFile, "name: ghost\nimage: berth.local/nope:1\ncommand: [sh]\nresources: {cpu: 10m, memory: 8Mi}\n")
+	e.mustCtl("acme", "run", "-f", ghostFile)
+	eventually(t, 30*time.Second, "unknown image reported", func() error {
+		list, err := e.replicas("acme", "acme", "ghost")
+		if err != nil {
+			return err
+		}
+		if len(list) != 1 || list[0].State != jobs.StateFailed || !strings.Contains(list[0].Reason, "not found") {
+			return fmt.Errorf("ghost replicas: %+v", list)
+		}
+		return nil
+	})
+	e.mustCtl("acme", "rm", "ghost")
+
+	// Stats read from the nodes: every running container shows memory.
+	var stats struct {
+		Items []struct {
+			Job         string `json:"job"`
+			MemoryBytes uint64 `json:"memory_bytes"`
+			Pids        uint64 `json:"pids"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal([]byte(e.mustCtl("acme", "stats", "-o", "json")), &stats); err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Items) != 5 {
+		t.Fatalf("stats shows %d containers, want 5 (2 web + 3 spread): %+v", len(stats.Items), stats.Items)
+	}
+	for _, it := range stats.Items {
+		if it.MemoryBytes == 0 || it.Pids == 0 {
+			t.Fatalf("stats of %s: %+v", it.Job, it)
+		}
+	}
+
 	// The victim runs a web replica and is not node-1 (berthctl's endpoint).
 	victim := c.nodes[web[0].Node]
 	if victim == n1 {
 		victim = c.nodes[web[1].Node]
 	}
+	// An agent restart within the grace period adopts its containers:
+	// the same processes go on, nothing is started twice.
+	var other *testNode
+	for _, n := range []*testNode{n2, n3} {
+		if n != victim {
+			other = n
+		}
+	}
+	done = step("agent restart adopts")
+	before := e.pids(other)
+	c.kill(other)
+	c.start(other, e.argsOf(other)...)
+	c.waitReady(other, 60*time.Second)
+	time.Sleep(3 * time.Second) // several reconcile rounds
+	if after := e.pids(other); !maps.Equal(before, after) || len(after) == 0 {
+		t.Fatalf("containers of %s across an agent restart: before %v, after %v", other.name, before, after)
+	}
+	done()
+
 	done = step("kill an agent; re-placed")
 	killed := time.Now()
 	c.kill(victim)
@@ -391,7 +484,7 @@ ports:
 		}
 		return nil
 	})
-	t.Logf("replicas of the killed node running elsewhere %s after SIGKILL (grace 3s, node TTL %s)", time.Since(killed).Round(10*time.Millisecond), testTTL)
+	t.Logf("replicas of the killed node running elsewhere %s after SIGKILL (grace %s, node TTL %s)", time.Since(killed).Round(10*time.Millisecond), testGrace, testTTL)
 	done()
 
 	done = step("agent back; no duplicates")
@@ -410,6 +503,25 @@ ports:
 		return nil
 	})
 	done()
+
+	// Usage: the tenant's CPU-seconds and memory GiB-hours from cgroup
+	// accounting, summed over the nodes.
+	eventually(t, 40*time.Second, "usage accounted", func() error {
+		var u struct {
+			Total jobs.Usage `json:"total"`
+		}
+		out, err := e.ctl("acme", "usage", "-o", "json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if err := json.Unmarshal([]byte(out), &u); err != nil {
+			return err
+		}
+		if u.Total.CPUSeconds <= 0 || u.Total.MemoryGiBHours <= 0 {
+			return fmt.Errorf("usage %+v", u.Total)
+		}
+		return nil
+	})
 
 	done = step("stop, rm")
 	e.mustCtl("acme", "stop", "web")
@@ -442,7 +554,8 @@ func (e *containerEnv) nodeArgs(i int) (string, []string) {
 		"--bridge", fmt.Sprintf("bt%d", i), "--bridge-subnet", fmt.Sprintf("10.231.%d.0/24", 50+i),
 		"--bridge-subnet6", "none", "--port-bind-ip", ip,
 		"--cgroup-parent", fmt.Sprintf("berth-test-%d/%s", os.Getpid(), name),
-		"--reschedule-grace", "3s",
+		"--reschedule-grace", testGrace.String(),
+		"--netns-dir", filepath.Join(e.c.root, name+"-netns"),
 	}
 }
 

@@ -37,12 +37,12 @@ const (
 )
 
 type testNode struct {
-	name, ip                   string
-	netns                      string // network namespace it runs in; "" = the test's own
+	name, ip string
+	netns    string // network namespace it runs in; "" = the test's own
 	// netOnly enters only netns's network namespace (nsenter --net):
 	// ip netns exec also remounts /sys, which hides the cgroup mounts
 	// that containers need.
-	netOnly bool
+	netOnly                    bool
 	peer, client, api, metrics string
 	dir                        string
 	logPath                    string

@@ -63,6 +63,7 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		Bridge: cfg.Bridge, Subnet4: cfg.BridgeSubnet4, Subnet6: cfg.BridgeSubnet6,
 		DisableIPv6: !cfg.BridgeSubnet6.IsValid(),
 		StateDir:    filepath.Join(cfg.StateDir, "net"),
+		NetNSDir:    cfg.NetNSDir,
 	}
 	apiHost := ""
 	if u, err := url.Parse(cfg.APIURL); err == nil {
