@@ -325,6 +325,15 @@ func (a *Agent) prepareBootstrap() (*nodeState, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.opts.Token != "" {
+		// A secret chosen before the cluster existed (provisioning):
+		// nodes configured with it can join without knowing the CA hash.
+		preset, err := pki.ParseToken(a.opts.Token)
+		if err != nil {
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		token.Secret = preset.Secret
+	}
 	ips, dns := joinapi.CertAddresses(a.opts.PeerURL, a.opts.ClientURL, a.opts.APIURL)
 	certPEM, keyPEM, err := ca.Issue(a.opts.Name, pki.ServerClient, ips, dns)
 	if err != nil {
@@ -369,6 +378,12 @@ func (a *Agent) join(ctx context.Context) (*nodeState, error) {
 	a.log.Info("joining cluster", "via", a.opts.Join)
 	jctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	if token.Bare() {
+		if token.CAHash, err = joinapi.DiscoverCA(jctx, a.opts.Join, token.Secret); err != nil {
+			return nil, err
+		}
+		a.log.Info("cluster CA authenticated with the join secret", "ca_hash", token.CAHash)
+	}
 	resp, err := joinapi.Join(jctx, a.opts.Join, token, joinapi.Request{
 		Name: a.opts.Name, PeerURL: a.opts.PeerURL, ClientURL: a.opts.ClientURL, APIURL: a.opts.APIURL,
 	})
@@ -609,6 +624,7 @@ func (a *Agent) startAPI() (*http.Server, error) {
 			return nil, err
 		}
 		mux.Handle(joinapi.Path, join)
+		mux.Handle(joinapi.CAPath, join)
 	}
 	if a.opts.API != nil {
 		a.opts.API(mux)

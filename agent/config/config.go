@@ -155,7 +155,7 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&flags.MetricsURL, "metrics-url", "", "health and metrics URL, http://IP:PORT")
 	fs.StringVar(&flags.AdvertiseIP, "advertise-ip", "", "IP used for default URLs (default: first global unicast address)")
 	join := fs.String("join", "", "comma-separated join API URLs of existing agents")
-	fs.StringVar(&flags.Token, "token", "", "join token SECRET.sha256:HEX")
+	fs.StringVar(&flags.Token, "token", "", "join token SECRET.sha256:HEX, or a bare 32-hex SECRET chosen in advance (bootstrap: adopt it; join: authenticate the CA with it)")
 	fs.StringVar(&flags.TokenFile, "token-file", "", "file holding the join token")
 	fs.IntVar(&flags.Voters, "voters", 0, "voting members wanted (1, 3 or 5; bootstrap only)")
 	fs.StringVar(&flags.DeadAfter, "dead-after", "", "remove a voter whose node document is gone this long")
@@ -398,8 +398,12 @@ func (f file) validate() (Config, error) {
 		c.Token = strings.TrimSpace(string(data))
 	}
 	if c.Token != "" {
-		if _, err := pki.ParseToken(c.Token); err != nil {
+		tok, err := pki.ParseToken(c.Token)
+		if err != nil {
 			return Config{}, fmt.Errorf("token: %w", err)
+		}
+		if len(c.Join) == 0 && !tok.Bare() {
+			return Config{}, errors.New("token: a bootstrapping node (no join) takes a bare 32-hex secret to adopt, not SECRET.sha256:HEX")
 		}
 	}
 	if len(c.Join) > 0 && c.Token == "" {

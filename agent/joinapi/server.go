@@ -47,6 +47,10 @@ type Server struct {
 const etcdCallTimeout = 5 * time.Second
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == CAPath {
+		s.serveCA(w, r)
+		return
+	}
 	if r.URL.Path != Path {
 		http.NotFound(w, r)
 		return

@@ -1,7 +1,9 @@
 package pki
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -34,8 +36,12 @@ func NewToken(caHash string) (Token, error) {
 	return Token{Secret: hex.EncodeToString(raw), CAHash: caHash}, nil
 }
 
-// ParseToken parses "SECRET.sha256:HEX". Surrounding white space is ignored
-// (token files usually end in a newline) and hex is accepted in either case.
+// ParseToken parses "SECRET.sha256:HEX", or a bare "SECRET" (32 hex) chosen
+// before the cluster exists: a bootstrap node adopts it as the cluster's
+// secret, and a joining node then authenticates the CA with it (see
+// CAMAC) instead of pinning a hash it cannot know yet. Surrounding white
+// space is ignored (token files usually end in a newline) and hex is
+// accepted in either case.
 func ParseToken(s string) (Token, error) {
 	s = strings.ToLower(strings.TrimSpace(s))
 	if s == "" {
@@ -43,7 +49,13 @@ func ParseToken(s string) (Token, error) {
 	}
 	secret, caHash, ok := strings.Cut(s, ".")
 	if !ok {
-		return Token{}, errors.New(`parse token: missing "." between secret and CA hash (want SECRET.sha256:HEX)`)
+		if strings.Contains(s, caHashPrefix) {
+			return Token{}, errors.New(`parse token: missing "." between secret and CA hash (want SECRET.sha256:HEX)`)
+		}
+		if err := checkSecret(secret); err != nil {
+			return Token{}, fmt.Errorf("parse token: %w (want SECRET.sha256:HEX or a bare 32-hex SECRET)", err)
+		}
+		return Token{Secret: secret}, nil
 	}
 	if err := checkSecret(secret); err != nil {
 		return Token{}, fmt.Errorf("parse token: %w", err)
@@ -56,7 +68,26 @@ func ParseToken(s string) (Token, error) {
 
 // String renders the token in the form ParseToken reads.
 func (t Token) String() string {
+	if t.CAHash == "" {
+		return t.Secret
+	}
 	return t.Secret + "." + t.CAHash
+}
+
+// Bare reports a token without a CA hash.
+func (t Token) Bare() bool { return t.CAHash == "" }
+
+// CAMAC authenticates a CA certificate with the cluster secret: a node
+// holding only the secret checks the CA a join API hands out with it.
+func CAMAC(secret string, caPEM []byte) string {
+	m := hmac.New(sha256.New, []byte("berth-ca-v1:"+secret))
+	m.Write(caPEM)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// CAMACMatches checks mac in constant time.
+func CAMACMatches(secret string, caPEM []byte, mac string) bool {
+	return hmac.Equal([]byte(CAMAC(secret, caPEM)), []byte(strings.ToLower(mac)))
 }
 
 // SecretMatches compares in constant time so a remote caller cannot guess

@@ -111,3 +111,28 @@ func TestSecretMatches(t *testing.T) {
 		t.Error("empty token matches empty secret")
 	}
 }
+
+func TestBareTokenAndCAMAC(t *testing.T) {
+	secret := strings.Repeat("ab", 16)
+	tok, err := ParseToken(" " + strings.ToUpper(secret) + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tok.Bare() || tok.Secret != secret || tok.String() != secret {
+		t.Fatalf("bare token parsed as %+v (%q)", tok, tok.String())
+	}
+	if _, err := ParseToken("abc"); err == nil || !strings.Contains(err.Error(), "secret has 3 characters") {
+		t.Fatalf("short bare token: %v", err)
+	}
+	ca := []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	mac := CAMAC(secret, ca)
+	if !CAMACMatches(secret, ca, mac) || !CAMACMatches(secret, ca, strings.ToUpper(mac)) {
+		t.Fatal("MAC of the right secret and CA refused")
+	}
+	if CAMACMatches(strings.Repeat("cd", 16), ca, mac) {
+		t.Fatal("MAC accepted with another secret")
+	}
+	if CAMACMatches(secret, append([]byte{}, append(ca, '\n')...), mac) {
+		t.Fatal("MAC accepted for a changed CA")
+	}
+}

@@ -21,6 +21,8 @@ import (
 func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id string) (runtime.Spec, error) {
 	job := want.Spec
 	ref := m.imageRef(job.Image)
+	m.imagesInUse.RLock()
+	defer m.imagesInUse.RUnlock()
 	img, err := m.o.Images.Get(ref)
 	if err != nil {
 		w.report(ctx, want, jobs.ReplicaStatus{State: "pulling", Reason: "pulling " + job.Image})

@@ -34,6 +34,7 @@ type ImageStore interface {
 	Pull(ctx context.Context, ref string) (images.Image, error)
 	Mount(ctx context.Context, digest, id string) (string, error)
 	Unmount(id string) error
+	GC(ctx context.Context, inUse func(digest string) bool) (int64, error)
 }
 
 // Network is what the manager needs of agent/netsetup.
@@ -66,7 +67,10 @@ type Options struct {
 	PollInterval time.Duration
 	// UsageInterval is how often tenant usage is sampled and published (default 10 s).
 	UsageInterval time.Duration
-	Log           *slog.Logger
+	// ImageGCInterval is how often images no container uses nor any
+	// assignment names are deleted (default 10 min).
+	ImageGCInterval time.Duration
+	Log             *slog.Logger
 }
 
 // Manager reconciles this node's containers with its assignments.
@@ -83,6 +87,10 @@ type Manager struct {
 	quotas  map[string]jobs.Quota // tenant -> quota, from etcd
 
 	usage *usageBook
+
+	// imagesInUse is held (read) from pull to mount, so the image garbage
+	// collector (write) never deletes an image between the two.
+	imagesInUse sync.RWMutex
 
 	addrMu sync.Mutex
 	addrs  map[string]netsetup.Attachment // container ID -> addresses, for status reports
@@ -128,6 +136,9 @@ func New(o Options) (*Manager, error) {
 	if o.UsageInterval <= 0 {
 		o.UsageInterval = 10 * time.Second
 	}
+	if o.ImageGCInterval <= 0 {
+		o.ImageGCInterval = 10 * time.Minute
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -155,6 +166,7 @@ func (m *Manager) Run(ctx context.Context, cli *clientv3.Client) error {
 	}
 	wg.Go(func() { m.watchQuotas(ctx) })
 	wg.Go(func() { m.accountUsage(ctx) })
+	wg.Go(func() { m.collectImages(ctx) })
 
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -388,4 +400,44 @@ func (m *Manager) Counts(ctx context.Context) (running, total int) {
 		}
 	}
 	return running, total
+}
+
+// collectImages deletes, now and then, the images that no container on the
+// node uses and no assignment of the node names (shared layers of kept
+// images stay).
+func (m *Manager) collectImages(ctx context.Context) {
+	tick := time.NewTicker(m.o.ImageGCInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		freed, err := m.CollectImages(ctx)
+		if err != nil {
+			m.log.Warn("image garbage collection", "err", err)
+		} else if freed > 0 {
+			m.log.Info("unused images deleted", "freed_bytes", freed)
+		}
+	}
+}
+
+// CollectImages runs one image garbage collection and returns the bytes freed.
+func (m *Manager) CollectImages(ctx context.Context) (int64, error) {
+	m.imagesInUse.Lock()
+	defer m.imagesInUse.Unlock()
+	wanted := map[string]bool{}
+	m.mu.Lock()
+	for _, w := range m.workers {
+		w.mu.Lock()
+		if w.want != nil {
+			if img, err := m.o.Images.Get(m.imageRef(w.want.Spec.Image)); err == nil {
+				wanted[img.Digest] = true
+			}
+		}
+		w.mu.Unlock()
+	}
+	m.mu.Unlock()
+	return m.o.Images.GC(ctx, func(digest string) bool { return wanted[digest] })
 }

@@ -249,7 +249,7 @@ func cmdHealth(ctx context.Context, sys *slot.System, log *slog.Logger, stdout, 
 		return 1
 	}
 	defer sd.Close()
-	gate := &health.Gate{Systemd: sd}
+	gate := &health.Gate{Systemd: sd, Ready: health.AgentHealthy(health.DefaultAgentConfig, 2*time.Minute)}
 	rep := gate.Run(ctx)
 	for _, c := range rep.Checks {
 		log.Info("health check", "name", c.Name, "ok", c.OK, "seconds", fmt.Sprintf("%.1f", c.Duration.Seconds()))
