@@ -326,6 +326,11 @@ ports:
 		return placed
 	}
 	web := waitSpread("web", 2, 2)
+	for _, r := range web {
+		if !strings.HasPrefix(r.IPv4, "10.231.") || !strings.HasPrefix(r.IPv6, "fd00:231:") {
+			t.Fatalf("replica %d addresses: IPv4 %q IPv6 %q", r.Replica, r.IPv4, r.IPv6)
+		}
+	}
 	waitSpread("spread", 3, 3)
 	done()
 
@@ -552,7 +557,7 @@ func (e *containerEnv) nodeArgs(i int) (string, []string) {
 	return name, []string{
 		"--containers=true", "--labels", fmt.Sprintf("zone=z%d", i),
 		"--bridge", fmt.Sprintf("bt%d", i), "--bridge-subnet", fmt.Sprintf("10.231.%d.0/24", 50+i),
-		"--bridge-subnet6", "none", "--port-bind-ip", ip,
+		"--bridge-subnet6", fmt.Sprintf("fd00:231:%d::/64", 50+i), "--port-bind-ip", ip,
 		"--cgroup-parent", fmt.Sprintf("berth-test-%d/%s", os.Getpid(), name),
 		"--reschedule-grace", testGrace.String(),
 		"--netns-dir", filepath.Join(e.c.root, name+"-netns"),
