@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -163,7 +164,22 @@ func (a *Agent) Healthy() error {
 }
 
 // Run brings the node into the cluster and keeps it there until ctx ends.
+// A member that the cluster removed while it was down (self-healing after
+// dead_after) clears its cluster data and returns an error, so that the
+// next start (systemd restarts the agent) joins again with the token and
+// the agents it last knew.
 func (a *Agent) Run(ctx context.Context) error {
+	err := a.run(ctx)
+	if err != nil && isRemovedMember(err) {
+		if perr := a.prepareRejoin(); perr != nil {
+			return fmt.Errorf("%w; clearing the data dir to rejoin failed: %v", err, perr)
+		}
+		return fmt.Errorf("this node was removed from the cluster while it was down (longer than dead_after): its cluster data was cleared, the next start joins again: %w", err)
+	}
+	return err
+}
+
+func (a *Agent) run(ctx context.Context) error {
 	if err := os.MkdirAll(a.opts.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -179,6 +195,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("restarting from data dir", "member", st.Member)
 	case exists(a.path(etcdDir)) || exists(a.path(pkiDir)):
 		return fmt.Errorf("data dir %s holds an interrupted bootstrap or join: empty it and start again", a.opts.DataDir)
+	case len(a.opts.Join) == 0 && exists(a.path(rejoinFile)):
+		if st, err = a.rejoin(ctx); err != nil {
+			return err
+		}
 	case len(a.opts.Join) == 0:
 		if st, err = a.prepareBootstrap(); err != nil {
 			return err
@@ -256,6 +276,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		})
 	}
+	wg.Go(func() { a.recordJoinURLs(ctx) })
 	pub := a.newPublisher()
 	a.pub.Store(pub)
 	wg.Go(func() {
@@ -265,8 +286,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 
 	var etcdErr <-chan error
+	var etcdStopped <-chan struct{}
 	if e := a.embedded(); e != nil {
 		etcdErr = e.Err()
+		etcdStopped = e.Server.StopNotify()
 	}
 	published := pub.Published()
 	for {
@@ -281,6 +304,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		case err := <-etcdErr:
 			a.etcdDown.Store(true)
 			return fmt.Errorf("embedded etcd failed: %w", err)
+		case <-etcdStopped:
+			a.etcdDown.Store(true)
+			if e := a.embedded(); e != nil && memberRemoved(e) {
+				return errMemberRemoved
+			}
+			return errors.New("embedded etcd stopped")
 		case err := <-errc:
 			return err
 		case <-ctx.Done():
@@ -476,8 +505,19 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 		a.etcd.Store(e)
 		return nil
 	case err := <-e.Err():
+		id := e.Server.MemberID()
 		e.Close()
+		if a.removedFromCluster(ctx, uint64(id)) {
+			return errMemberRemoved
+		}
 		return fmt.Errorf("etcd: %w", err)
+	case <-e.Server.StopNotify():
+		id := e.Server.MemberID()
+		e.Close()
+		if a.removedFromCluster(ctx, uint64(id)) {
+			return errMemberRemoved
+		}
+		return errors.New("etcd stopped while starting")
 	case <-ctx.Done():
 		e.Close()
 		return ctx.Err()
@@ -486,6 +526,49 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 		e.Close()
 		return errors.New("etcd did not become ready within 2 minutes (cluster without quorum?)")
 	}
+}
+
+// memberRemoved tells whether etcd stopped because the cluster removed
+// this member.
+func memberRemoved(e *embed.Etcd) bool {
+	rc, ok := e.Server.Cluster().(interface{ IsIDRemoved(types.ID) bool })
+	return ok && rc.IsIDRemoved(e.Server.MemberID())
+}
+
+// removedFromCluster asks the other members whether member id is still
+// one of them: etcd stops a removed member on start without saying so to
+// its embedder (it only logs it).
+func (a *Agent) removedFromCluster(ctx context.Context, id uint64) bool {
+	var others []string
+	for _, ep := range a.st.Endpoints {
+		if ep != a.opts.ClientURL {
+			others = append(others, ep)
+		}
+	}
+	if len(others) == 0 || id == 0 {
+		return false
+	}
+	tlsCfg, err := a.clientTLS()
+	if err != nil {
+		return false
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: others, TLS: tlsCfg, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return false
+	}
+	defer cli.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cli.MemberList(cctx)
+	if err != nil {
+		return false
+	}
+	for _, m := range resp.Members {
+		if m.ID == id {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *Agent) clientTLS() (*tls.Config, error) {

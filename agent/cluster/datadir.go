@@ -33,6 +33,9 @@ type nodeState struct {
 	// AuthDone is set once bootstrap configured etcd users and auth, so an
 	// interrupted bootstrap finishes on restart.
 	AuthDone bool `json:"auth_done,omitempty"`
+	// JoinURLs are the other agents' API URLs as last known: a member
+	// removed while it was down joins again through them.
+	JoinURLs []string `json:"join_urls,omitempty"`
 }
 
 func (a *Agent) path(parts ...string) string {

@@ -123,7 +123,9 @@ func (*HelpError) Error() string { return "help requested" }
 // Print writes the usage text with every flag.
 func (h *HelpError) Print(w io.Writer) {
 	fmt.Fprintf(w, `Usage: berth-agent [flags]
+       berth-agent issue-cert --admin|--ops|--tenant NAME [--data-dir DIR] --out DIR
        berth-agent issue-ops-cert --data-dir DIR --out DIR
+       berth-agent node-config [--root DIR] [--esp DIR]   (at boot: apply node.yaml)
 
 Runs this node's member of the cluster's embedded etcd (or a client node
 beyond the voter target), publishes the node document under /berth/v1/nodes/

@@ -31,6 +31,7 @@ import (
 	"github.com/berth-os/berth/builder/rootfs"
 	"github.com/berth-os/berth/builder/slotfs"
 	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/builder/vagrantbox"
 	"github.com/berth-os/berth/updater/layout"
 	"github.com/berth-os/berth/updater/payload"
 )
@@ -41,17 +42,23 @@ type Options struct {
 	CacheDir   string
 	InitBinary string // the static /init program of the initrd
 	NoQcow2    bool
+	// Box also writes NAME-VERSION.box, a Vagrant box (libvirt) of the qcow2.
+	Box bool
 	// SigningKey is the ed25519 private key (PEM) that signs the update
 	// payload; without it no payload is written. Its public half is
 	// trusted by the image, as are the TrustKeys (.pub files).
 	SigningKey string
 	TrustKeys  []string
+	// NodeConfig is a node.yaml put on the ESP (berth/node.yaml); nil
+	// for none.
+	NodeConfig []byte
 	Log        *slog.Logger
 }
 
 // Result names the files a build produced and what it measured.
 type Result struct {
 	Raw, Qcow2, ManifestPath string
+	Box                      string // the Vagrant box, "" without Options.Box
 	Payload                  string // OCI layout directory of the update payload, "" when unsigned
 	Manifest                 Manifest
 }
@@ -76,6 +83,9 @@ type Manifest struct {
 func Preflight(s *spec.Spec, o Options, cachedBase bool) error {
 	if os.Geteuid() != 0 {
 		return errors.New("building an image needs root (it sets file owners, setuid bits and device nodes in the OS tree): run it with sudo")
+	}
+	if o.Box && o.NoQcow2 {
+		return errors.New("a Vagrant box is made from the qcow2: drop --no-qcow2 to build one")
 	}
 	tools := map[string]string{"mksquashfs": "squashfs-tools"}
 	if !o.NoQcow2 {
@@ -254,6 +264,7 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 		OSName: s.Name, Version: s.Version, BootLoader: bootLoader,
 		Kernel: kernelImage, Initrd: initrdBuf.Bytes(), SlotPartUUID: partGUIDs[1],
 		Cmdline: s.Kernel.Cmdline, Timeout: s.Boot.Timeout, Tries: s.Boot.Tries,
+		NodeConfig: o.NodeConfig,
 	})
 	if err != nil {
 		return nil, err
@@ -292,6 +303,14 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 			return nil, fmt.Errorf("qemu-img convert: %s", strings.TrimSpace(string(out)))
 		}
 		outputs = append(outputs, q)
+		if o.Box {
+			prog.Step("packing the Vagrant box")
+			box := filepath.Join(work, base+".box")
+			if err := vagrantbox.Write(box, q, epoch); err != nil {
+				return nil, err
+			}
+			outputs = append(outputs, box)
+		}
 	}
 	prog.Done()
 	for _, p := range outputs {
@@ -340,6 +359,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 			res.ManifestPath = dst
 		case ".oci":
 			res.Payload = dst
+		case ".box":
+			res.Box = dst
 		}
 	}
 	if err := syncDir(o.OutDir); err != nil {

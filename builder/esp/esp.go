@@ -25,7 +25,14 @@ type Input struct {
 	Cmdline         []string
 	Timeout         int // systemd-boot menu timeout, seconds
 	Tries           int // boot counter of the new entry
+	// NodeConfig, when set, is written as NodeConfigPath: the node
+	// configuration berth-node-config applies at every boot.
+	NodeConfig []byte
 }
+
+// NodeConfigPath is where a node configuration lives on the ESP (FAT, so
+// it can be edited from any OS before the first boot).
+const NodeConfigPath = "berth/node.yaml"
 
 // LoaderConf is systemd-boot's configuration. The editor is off: on a
 // fleet host, editing the kernel command line at the console would bypass
@@ -59,6 +66,9 @@ func Files(in Input) ([]File, error) {
 		{layout.EntriesDir + "/" + name.String(), entry.Render()},
 		{layout.KernelPath(layout.SlotA), in.Kernel},
 		{layout.InitrdPath(layout.SlotA), in.Initrd},
+	}
+	if in.NodeConfig != nil {
+		files = append(files, File{NodeConfigPath, in.NodeConfig})
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	return files, nil

@@ -40,8 +40,17 @@ type Config struct {
 	// NoReboot makes a guest reboot end qemu instead (tests decide reboots).
 	NoReboot bool
 	// UserNet adds a virtio NIC on qemu's user-mode network.
-	UserNet   bool
-	ExtraArgs []string
+	UserNet bool
+	// Tap attaches a virtio NIC to this existing tap device (looked up in
+	// qemu's network namespace), with MAC when given. It replaces UserNet.
+	Tap string
+	MAC string
+	// SerialLog appends the serial console to this file instead of this
+	// process' stdio, and ConsoleSocket (optional) also serves it on a unix
+	// socket: for VMs that outlive the process that started them.
+	SerialLog     string
+	ConsoleSocket string
+	ExtraArgs     []string
 }
 
 // KVM reports whether hardware virtualisation is usable here.
@@ -114,14 +123,28 @@ func Args(c Config) ([]string, error) {
 	} else {
 		args = append(args, "-accel", "tcg")
 	}
-	if c.Interactive {
+	switch {
+	case c.SerialLog != "" && c.ConsoleSocket != "":
+		// The log keeps everything, whether or not anyone is attached.
+		args = append(args, "-chardev", "socket,id=console,server=on,wait=off,path="+c.ConsoleSocket+",logfile="+c.SerialLog+",logappend=on",
+			"-serial", "chardev:console", "-monitor", "none")
+	case c.SerialLog != "":
+		args = append(args, "-chardev", "file,id=console,append=on,path="+c.SerialLog, "-serial", "chardev:console", "-monitor", "none")
+	case c.Interactive:
 		args = append(args, "-serial", "mon:stdio")
-	} else {
+	default:
 		args = append(args, "-serial", "stdio", "-monitor", "none")
 	}
-	if c.UserNet {
+	switch {
+	case c.Tap != "":
+		nic := "tap,ifname=" + c.Tap + ",script=no,downscript=no,model=virtio-net-pci"
+		if c.MAC != "" {
+			nic += ",mac=" + c.MAC
+		}
+		args = append(args, "-nic", nic)
+	case c.UserNet:
 		args = append(args, "-nic", "user,model=virtio-net-pci")
-	} else {
+	default:
 		args = append(args, "-nic", "none")
 	}
 	if c.NoReboot {

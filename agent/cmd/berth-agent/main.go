@@ -5,6 +5,7 @@
 //	berth-agent [--config FILE] [flags]                 run the agent
 //	berth-agent issue-ops-cert --data-dir D --out DIR   write ops.crt, ops.key, ca.crt
 //	berth-agent issue-cert --admin|--ops|--tenant NAME --data-dir D --out DIR
+//	berth-agent node-config [--root DIR]                apply node.yaml (seed disk or ESP) at boot
 package main
 
 import (
@@ -25,12 +26,17 @@ import (
 
 	"github.com/berth-os/berth/agent/cluster"
 	"github.com/berth-os/berth/agent/config"
+	"github.com/berth-os/berth/agent/nodeconfig"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "node-config" {
+		// Early at boot: apply node.yaml (seed disk or ESP); see agent/nodeconfig.
+		os.Exit(nodeconfig.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && (os.Args[1] == "issue-ops-cert" || os.Args[1] == "issue-cert") {
 		issue := issueOpsCert
 		if os.Args[1] == "issue-cert" {

@@ -244,5 +244,26 @@ func TestSelfHealing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("write through the new voter: %v", err)
 	}
+
+	// The removed voter comes back from its old data dir: etcd refuses
+	// it, so it clears its cluster data and exits (systemd restarts it);
+	// the next start joins again through the agents it knew.
+	c.start(victim)
+	select {
+	case err := <-victim.done:
+		victim.cmd = nil
+		if err == nil {
+			t.Fatal("the removed voter exited 0 instead of reporting its removal")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the removed voter neither rejoined nor exited")
+	}
+	if log, _ := os.ReadFile(victim.logPath); !strings.Contains(string(log), "its cluster data was cleared") {
+		t.Fatalf("the removed voter's log does not say what it did:\n%s", log)
+	}
+	c.start(victim)
+	if got := c.waitReady(victim, 60*time.Second); !strings.HasPrefix(got, "ok ") {
+		t.Fatalf("the removed voter after rejoining: readyz %q", got)
+	}
 	t.Logf("whole scenario %s (kill to healed %s)", time.Since(total).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 }

@@ -27,10 +27,14 @@ var version = "dev"
 const usage = `berth-build: build berth OS images
 
 Usage:
-  berth-build build SPEC [-o DIR] [--key FILE] [--trust FILE.pub]... [--cache DIR] [--init PATH] [--no-qcow2]
+  berth-build build SPEC [-o DIR] [--key FILE] [--trust FILE.pub]... [--cache DIR] [--init PATH] [--no-qcow2] [--config NODE.yaml]
   berth-build keygen NAME       write NAME.key (private, 0600) and NAME.pub
   berth-build check SPEC        validate a spec and print what it builds
   berth-build run IMAGE [--fresh] [--net]
+  berth-build box IMAGE.qcow2 [-o FILE.box]
+  berth-build install --target DEV IMAGE.raw [--force] [--yes]
+  berth-build cluster up|down|status|ctl [--name NAME] [--image IMAGE] [-n N]
+  berth-build seed NODE.yaml [-o seed.img]
   berth-build version
 
 Commands:
@@ -42,6 +46,14 @@ Commands:
   run       boot IMAGE (a built .raw or .qcow2) in qemu with UEFI firmware and
             the serial console on this terminal (Ctrl-A X quits). Changes go
             to a copy-on-write overlay beside the image, kept between runs.
+  box       pack a built qcow2 as a Vagrant box for vagrant-libvirt.
+  install   write a raw image to a whole disk (bare metal), verified by
+            reading it back; refuses used disks and, unless --force, disks
+            holding data.
+  seed      write a seed disk (FAT, label BERTH-SEED) holding NODE.yaml: a
+            node's configuration, applied at every boot.
+  cluster   boot N nodes of an image as a cluster on a private network
+            (make cluster); see berth-build cluster --help.
 
 Run "berth-build COMMAND --help" for a command's flags.
 Exit status: 0 success, 1 the build failed, 2 bad usage or bad spec.
@@ -71,6 +83,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "keygen":
 		return cmdKeygen(args[1:], stdout, stderr)
+	case "box":
+		return cmdBox(args[1:], stdout, stderr)
+	case "install":
+		return cmdInstall(args[1:], stdout, stderr)
+	case "cluster":
+		return cmdCluster(args[1:], stdout, stderr)
+	case "seed":
+		return cmdSeed(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "berth-build: unknown command %q; run berth-build --help\n", args[0])
 	return 2
@@ -91,6 +111,7 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	cache := fs.String("cache", rootfs.DefaultCacheDir, "cache `directory` for base roots (kept between builds)")
 	initBin := fs.String("init", defaultInit(), "the static initrd /init `program` (built by make build as bin/berth-init)")
 	noQcow2 := fs.Bool("no-qcow2", false, "write only the raw image")
+	nodeConfig := fs.String("config", "", "node configuration `file` (node.yaml) put on the ESP as /berth/node.yaml")
 	verbose := fs.Bool("v", false, "debug logging")
 	key := fs.String("key", "", "ed25519 private key `file` that signs the update payload (berth-build keygen); the image trusts its public half")
 	var trust stringList
@@ -117,10 +138,17 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "berth-build: %v\n", err)
 		return 2
 	}
+	var nodeYAML []byte
+	if *nodeConfig != "" {
+		var ok bool
+		if nodeYAML, ok = loadNodeConfig(*nodeConfig, false, stderr); !ok {
+			return 2
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2,
-		SigningKey: *key, TrustKeys: trust, Log: log})
+		SigningKey: *key, TrustKeys: trust, NodeConfig: nodeYAML, Log: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(stderr, "berth-build: interrupted; nothing was written")

@@ -1,0 +1,124 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/agent/state"
+)
+
+// rejoinFile holds what a removed member needs to join again after its
+// cluster data was cleared: the join token and the agents it last knew.
+const rejoinFile = "rejoin.json"
+
+type rejoinInfo struct {
+	Join  []string `json:"join"`
+	Token string   `json:"token"`
+}
+
+var errMemberRemoved = errors.New("etcd: the member has been permanently removed from the cluster")
+
+// isRemovedMember recognises etcd's answer to a member that was removed
+// while it was away (it refuses to start again from its old data).
+func isRemovedMember(err error) bool {
+	return errors.Is(err, errMemberRemoved) || strings.Contains(err.Error(), "permanently removed from the cluster")
+}
+
+// prepareRejoin writes rejoin.json, then removes the node's cluster data
+// (etcd data, certificates, node state, token) in an order that leaves a
+// data dir the next start understands at every step.
+func (a *Agent) prepareRejoin() error {
+	token, err := os.ReadFile(a.path(tokenFile))
+	if err != nil {
+		return fmt.Errorf("read token: %w", err)
+	}
+	join := slices.Clone(a.opts.Join)
+	if a.st != nil {
+		for _, u := range a.st.JoinURLs {
+			if !slices.Contains(join, u) {
+				join = append(join, u)
+			}
+		}
+	}
+	if len(join) == 0 {
+		return errors.New("no other agent is known to join through (set join in the configuration)")
+	}
+	data, _ := json.Marshal(rejoinInfo{Join: join, Token: strings.TrimSpace(string(token))})
+	if err := atomicfile.Write(a.path(rejoinFile), data, 0o600); err != nil {
+		return err
+	}
+	for _, p := range []string{nodeStateFile, etcdDir, pkiDir, tokenFile} {
+		if err := os.RemoveAll(a.path(p)); err != nil {
+			return err
+		}
+	}
+	a.log.Warn("removed from the cluster: cluster data cleared, the next start joins again", "via", join)
+	return nil
+}
+
+// rejoin joins with rejoin.json's token and agents, then forgets the file.
+func (a *Agent) rejoin(ctx context.Context) (*nodeState, error) {
+	data, err := os.ReadFile(a.path(rejoinFile))
+	if err != nil {
+		return nil, err
+	}
+	var info rejoinInfo
+	if err := json.Unmarshal(data, &info); err != nil {
+		return nil, fmt.Errorf("%s: %w", a.path(rejoinFile), err)
+	}
+	a.opts.Join, a.opts.Token = info.Join, info.Token
+	st, err := a.join(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(a.path(rejoinFile)); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// recordJoinURLs keeps the other agents' API URLs in the node state, so a
+// node removed while it was down knows where to join again.
+func (a *Agent) recordJoinURLs(ctx context.Context) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		resp, err := a.cli.Get(cctx, state.RolesPrefix, clientv3.WithPrefix())
+		cancel()
+		if err == nil {
+			var urls []string
+			for _, kv := range resp.Kvs {
+				var r state.RoleEntry
+				name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
+				if ok && name != a.opts.Name && json.Unmarshal(kv.Value, &r) == nil && r.APIURL != "" {
+					urls = append(urls, r.APIURL)
+				}
+			}
+			slices.Sort(urls)
+			a.mu.Lock()
+			changed := !slices.Equal(urls, a.st.JoinURLs)
+			if changed {
+				a.st.JoinURLs = urls
+				if err := a.saveNodeState(a.st); err != nil {
+					a.log.Warn("save known agents", "err", err)
+				}
+			}
+			a.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-os/berth/builder/build"
+	"github.com/berth-os/berth/builder/qemu"
+	"github.com/berth-os/berth/builder/spec"
+)
+
+// The clusters of these tests live at fixed places, so that a run killed
+// half way is cleaned up by the next one.
+func freshCluster(t *testing.T, cfg qemu.ClusterConfig) *qemu.Cluster {
+	t.Helper()
+	cfg.Dir = filepath.Join(qemu.DefaultClusterRoot, cfg.Name)
+	if err := qemu.DestroyCluster(cfg.Name, cfg.Dir); err != nil {
+		t.Fatalf("remove a cluster %s left by an earlier run: %v", cfg.Name, err)
+	}
+	c, err := qemu.CreateCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, n := range c.Nodes {
+				t.Logf("--- %s console, last lines of this boot ---\n%s", n.Name, c.Tail(i+1, 60))
+			}
+		}
+		if os.Getenv("BERTH_E2E_KEEP") != "" {
+			t.Logf("kept cluster %s in %s (berth-build cluster down --name %s --dir %s)", c.Name, c.Dir, c.Name, c.Dir)
+			return
+		}
+		if err := c.Down(); err != nil {
+			t.Errorf("cluster down: %v", err)
+		}
+	})
+	return c
+}
+
+// TestE2EClusterHarness checks the harness itself with firmware only (a
+// blank disk, nothing to boot): qemu runs daemonized in the namespace on
+// its tap, the serial log and console socket carry the firmware's output,
+// Kill and Start work and WaitForLine sees only the current boot.
+func TestE2EClusterHarness(t *testing.T) {
+	requireE2E(t)
+	blank := filepath.Join(t.TempDir(), "blank.raw")
+	if err := os.WriteFile(blank, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(blank, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	c := freshCluster(t, qemu.ClusterConfig{Name: "e2e-harness", Image: blank, Nodes: 1, DiskBytes: 64 << 20})
+	n := c.Nodes[0]
+	if err := c.Start(1); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.Running(1)
+	if pid == 0 {
+		t.Fatal("qemu not running after Start")
+	}
+	if err := c.Start(1); err == nil {
+		t.Error("a second Start of a running node succeeded")
+	}
+	// Connected to the console socket while the firmware runs: the log
+	// must be written all the same.
+	sock, err := net.Dial("unix", n.ConsoleSocket())
+	if err != nil {
+		t.Fatalf("console socket: %v", err)
+	}
+	defer sock.Close()
+	// OVMF finds nothing to boot on the blank disk and says so.
+	firmware := regexp.MustCompile(`BdsDxe: (failed to load|loading) Boot`)
+	line, err := c.WaitForLine(1, firmware, 3*time.Minute)
+	if err != nil {
+		t.Fatalf("%v\nconsole:\n%s", err, c.Console(1))
+	}
+	t.Logf("firmware on the console after %.1f s: %s", time.Since(n.Started()).Seconds(), line)
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	if k, err := sock.Read(buf); err != nil || k == 0 {
+		t.Errorf("console socket gave nothing: %v", err)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	for _, want := range []string{"ifname=" + n.Tap, "mac=" + n.MAC, "-smp\x001\x00", "-m\x00768\x00"} {
+		if !strings.Contains(string(cmdline), want) {
+			t.Errorf("qemu command line lacks %q: %q", want, cmdline)
+		}
+	}
+	// qemu runs in the cluster's namespace, not the host's.
+	hostNS, _ := os.Readlink("/proc/self/ns/net")
+	qemuNS, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if qemuNS == "" || qemuNS == hostNS {
+		t.Errorf("qemu's network namespace %q, the host's %q", qemuNS, hostNS)
+	}
+	if err := c.Kill(1); err != nil {
+		t.Fatal(err)
+	}
+	if c.Running(1) != 0 {
+		t.Fatal("qemu still running after Kill")
+	}
+	if _, err := c.WaitForLine(1, regexp.MustCompile(`never printed`), time.Minute); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("WaitForLine on a killed node: %v, want a quick 'not running'", err)
+	}
+	if err := c.Start(1); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(c.Console(1), "BdsDxe") {
+		t.Error("the restarted node's console shows the previous boot's output")
+	}
+	if _, err := c.WaitForLine(1, firmware, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pid = c.Running(1)
+	if err := c.Down(); err != nil {
+		t.Fatal(err)
+	}
+	// A zombie has an empty command line; a reused pid another one.
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), c.Dir) {
+		t.Errorf("qemu pid %d still running after Down", pid)
+	}
+	if _, err := os.Stat("/var/run/netns/" + c.Netns); err == nil {
+		t.Error("namespace left after Down")
+	}
+}
+
+// clusterImage builds images/minimal.yaml as it is (the probe image
+// powers itself off).
+func clusterImage(t *testing.T) *build.Result {
+	t.Helper()
+	s, err := spec.Load(minimalSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := false
+	for _, f := range s.Files {
+		agent = agent || f.Path == "/usr/bin/berth-agent"
+	}
+	if !agent {
+		t.Fatalf("%s puts no /usr/bin/berth-agent into the image", minimalSpec)
+	}
+	res, err := buildImage(s, t.TempDir(), initBinary(t))
+	if err != nil {
+		t.Fatalf("build the cluster image (make build first: the spec takes the agent from bin/): %v", err)
+	}
+	return res
+}
+
+// buildBerthctl builds the CLI the test drives the cluster with.
+func buildBerthctl(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "berthctl")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "../../agent/cmd/berthctl")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build berthctl: %v: %s", err, out)
+	}
+	return bin
+}
+
+// TestE2ECluster boots three nodes of one image on the cluster network:
+// their agents form etcd (node-1 bootstraps with the harness's secret, the
+// others join it), berthctl lists three Ready nodes with OS version and
+// slot; a node killed with SIGKILL turns NotReady and, started again with a
+// changed configuration, is Ready again with the change applied, while a
+// wrong setting in it is reported on the console and the node stays
+// reachable.
+func TestE2ECluster(t *testing.T) {
+	requireE2E(t)
+	res := clusterImage(t)
+	berthctl := buildBerthctl(t)
+	c := freshCluster(t, qemu.ClusterConfig{Name: "e2e", Image: res.Raw, Nodes: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	if err := c.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.FetchAdminCert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	certAt := time.Since(start)
+	nodes, err := c.WaitNodes(ctx, berthctl, c.AllReady)
+	if err != nil {
+		t.Fatalf("3 Ready nodes: %v", err)
+	}
+	readyAt := time.Since(start)
+	for _, n := range nodes {
+		if n.Document == nil || n.Document.OS.Version != res.Manifest.Version || n.Document.OS.Slot != "a" {
+			t.Errorf("%s: document %+v: want OS version %s, slot a", n.Name, n.Document, res.Manifest.Version)
+		}
+	}
+	table, err := c.Berthctl(ctx, berthctl, "nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		if !regexp.MustCompile(`(?m)^` + n.Name + `\s+\S+\s+Ready\s+` + regexp.QuoteMeta(res.Manifest.Version) + `\s+a\s`).Match(table) {
+			t.Errorf("berthctl nodes has no Ready row for %s at version %s, slot a:\n%s", n.Name, res.Manifest.Version, table)
+		}
+	}
+	t.Logf("berthctl nodes:\n%s", table)
+	t.Logf("measured: admin certificate from node-1 %.1f s, 3 nodes Ready %.1f s after the first qemu started", certAt.Seconds(), readyAt.Seconds())
+	for i, n := range c.Nodes {
+		d, err := c.AgentReadyAfter(ctx, i+1)
+		if err != nil {
+			t.Errorf("%s: boot to agent ready: %v", n.Name, err)
+			continue
+		}
+		t.Logf("measured: %s boot to agent ready %.1f s (firmware and loader %.1f s of it)", n.Name, d.Seconds(), n.KernelAt().Sub(n.Started()).Seconds())
+	}
+
+	// Power loss of node-3: its node document's lease expires.
+	if err := c.Kill(3); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if _, err := c.WaitNodes(ctx, berthctl, func(nodes []qemu.NodeState) error {
+		return statuses(nodes, map[string]string{"node-1": "Ready", "node-2": "Ready", "node-3": "NotReady"})
+	}); err != nil {
+		t.Fatalf("node-3 NotReady after SIGKILL: %v", err)
+	}
+	t.Logf("measured: node-3 NotReady %.1f s after SIGKILL", time.Since(killed).Seconds())
+
+	// While it is down: a label (a setting that must take effect at the
+	// next boot) and a host name no system accepts (a wrong setting).
+	nc, err := c.NodeConfig(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Agent.Labels = map[string]string{"zone": "b"}
+	nc.Hostname = "not a hostname!"
+	nodeYAML, err := nc.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteNodeConfig(3, nodeYAML); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(3); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	if line, err := c.WaitForLine(3, regexp.MustCompile(`berth-node-config: ERROR [^\r\n]*hostname[^\r\n]*`), 10*time.Minute); err != nil {
+		t.Errorf("the wrong host name was not reported on the console: %v", err)
+	} else {
+		t.Logf("node-3 console: %s", line)
+	}
+	nodes, err = c.WaitNodes(ctx, berthctl, func(nodes []qemu.NodeState) error {
+		if err := c.AllReady(nodes); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Name == "node-3" && (n.Document == nil || n.Document.Labels["zone"] != "b") {
+				return fmt.Errorf("node-3 is Ready without label zone=b")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("node-3 Ready again with its new label: %v", err)
+	}
+	t.Logf("measured: node-3 Ready again %.1f s after its qemu started", time.Since(restarted).Seconds())
+	if d, err := c.AgentReadyAfter(ctx, 3); err == nil {
+		t.Logf("measured: node-3 (restarted, rejoining with its data) boot to agent ready %.1f s", d.Seconds())
+	} else {
+		t.Errorf("node-3: boot to agent ready: %v", err)
+	}
+	// Reachable, and the wrong host name changed nothing.
+	out, err := c.SSH(ctx, 3, "hostname")
+	if err != nil {
+		t.Fatalf("node-3 unreachable after a wrong setting: %v", err)
+	}
+	if got := strings.TrimSpace(string(out)); got != "node-3" {
+		t.Errorf("node-3's host name is %q after a refused one, want node-3 kept", got)
+	}
+}
+
+// statuses checks the READY column of the listed nodes.
+func statuses(nodes []qemu.NodeState, want map[string]string) error {
+	got := map[string]string{}
+	for _, n := range nodes {
+		got[n.Name] = n.Status
+	}
+	for name, status := range want {
+		if got[name] != status {
+			return fmt.Errorf("%s is %q, want %s (all: %v)", name, got[name], status, got)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,297 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+)
+
+// DialContext connects from inside the cluster's namespace (where the
+// nodes are reachable) while this process stays in its own: the socket is
+// made on a thread moved into the namespace, and a socket keeps the
+// namespace it was made in. Use it for etcd/gRPC and HTTP clients.
+func (c *Cluster) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// The thread is never unlocked: it leaves the namespace only by
+		// ending with this goroutine, so no other goroutine runs on it.
+		runtime.LockOSThread()
+		ns, err := os.Open(filepath.Join("/var/run/netns", c.Netns))
+		if err != nil {
+			res <- result{err: fmt.Errorf("cluster %s: %w", c.Name, err)}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			res <- result{err: fmt.Errorf("enter namespace %s: %w", c.Netns, err)}
+			return
+		}
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		res <- result{conn, err}
+	}()
+	r := <-res
+	return r.conn, r.err
+}
+
+// SSH runs command as root on node i (through the namespace, with the
+// cluster's key) and returns its standard output.
+func (c *Cluster) SSH(ctx context.Context, i int, command string) ([]byte, error) {
+	n, err := c.Node(i)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(c.SSHKey())
+	if err != nil {
+		return nil, fmt.Errorf("cluster ssh key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("cluster ssh key %s: %w", c.SSHKey(), err)
+	}
+	addr := net.JoinHostPort(n.IPv4, "22")
+	conn, err := c.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("ssh %s: %w", n.Name, err)
+	}
+	// Closing the connection ends the handshake or the command when the
+	// context ends.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	cfg := &ssh.ClientConfig{
+		User: "root",
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		// The node makes its host keys at its first boot, and only this
+		// harness reaches the namespace: there is nothing to pin them to.
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("ssh %s: %w", n.Name, err)
+	}
+	client := ssh.NewClient(sc, chans, reqs)
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("ssh %s: %w", n.Name, err)
+	}
+	defer sess.Close()
+	var stdout, stderr bytes.Buffer
+	sess.Stdout, sess.Stderr = &stdout, &stderr
+	if err := sess.Run(command); err != nil {
+		return stdout.Bytes(), fmt.Errorf("ssh %s %q: %w: %s", n.Name, command, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// AdminDir holds the cluster's admin client certificate (admin.crt,
+// admin.key, ca.crt) and berthctl.yaml once FetchAdminCert got them.
+func (c *Cluster) AdminDir() string { return filepath.Join(c.Dir, "admin") }
+
+// BerthctlConfig is the berthctl configuration file (--config) for the
+// cluster: every node's client URL and the admin certificate.
+func (c *Cluster) BerthctlConfig() string { return filepath.Join(c.AdminDir(), "berthctl.yaml") }
+
+// The files `berth-agent issue-cert --admin` writes, in the order the
+// fetch command prints them.
+var adminFiles = []string{"ca.crt", "admin.crt", "admin.key"}
+
+const fileMarker = "==> berth-cluster file "
+
+// FetchAdminCert has node-1's agent (which holds the cluster CA) issue an
+// admin certificate, over ssh, and saves it with a berthctl.yaml in
+// AdminDir. It retries until it succeeds or ctx ends: node-1 must have
+// booted, started sshd and bootstrapped the cluster first.
+func (c *Cluster) FetchAdminCert(ctx context.Context) error {
+	script := "set -e; d=$(mktemp -d); berth-agent issue-cert --admin --out \"$d\" >/dev/null"
+	for _, f := range adminFiles {
+		script += fmt.Sprintf("; echo '%s%s'; cat \"$d/%s\"", fileMarker, f, f)
+	}
+	script += "; rm -rf \"$d\""
+	var last error
+	for {
+		// One attempt must not hang on a half-started sshd.
+		attempt, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := c.SSH(attempt, 1, script)
+		cancel()
+		if err == nil {
+			var files map[string][]byte
+			if files, err = splitFiles(out); err == nil {
+				return c.saveAdmin(files)
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("admin certificate from node-1: %w (last error: %v)", ctx.Err(), last)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func splitFiles(out []byte) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	var name string
+	for _, line := range strings.SplitAfter(string(out), "\n") {
+		if rest, ok := strings.CutPrefix(line, fileMarker); ok {
+			name = strings.TrimSpace(rest)
+			files[name] = nil
+			continue
+		}
+		if name != "" {
+			files[name] = append(files[name], line...)
+		}
+	}
+	for _, f := range adminFiles {
+		if !bytes.Contains(files[f], []byte("-----BEGIN ")) {
+			return nil, fmt.Errorf("node-1 did not send %s", f)
+		}
+	}
+	return files, nil
+}
+
+func (c *Cluster) saveAdmin(files map[string][]byte) error {
+	dir := c.AdminDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range adminFiles {
+		if err := writeFileAtomic(filepath.Join(dir, f), files[f], 0o600); err != nil {
+			return err
+		}
+	}
+	var endpoints []string
+	for _, n := range c.Nodes {
+		endpoints = append(endpoints, fmt.Sprintf("  - https://%s:2379\n", n.IPv4))
+	}
+	conf := fmt.Sprintf("# berthctl --config for cluster %s (run inside namespace %s)\nendpoints:\n%scacert: %s\ncert: %s\nkey: %s\n",
+		c.Name, c.Netns, strings.Join(endpoints, ""),
+		filepath.Join(dir, "ca.crt"), filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key"))
+	return writeFileAtomic(c.BerthctlConfig(), []byte(conf), 0o600)
+}
+
+// BerthctlCommand is the command that runs berthctl (the binary at bin)
+// inside the namespace with the admin certificate.
+func (c *Cluster) BerthctlCommand(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", c.Netns, bin, "--config", c.BerthctlConfig()}, args...)...)
+}
+
+// Berthctl runs berthctl inside the namespace and returns its standard
+// output; a failure carries its error line.
+func (c *Cluster) Berthctl(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	cmd := c.BerthctlCommand(ctx, bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("berthctl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+// NodeState is a node as `berthctl nodes -o json` lists it (the fields the
+// harness looks at).
+type NodeState struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`
+	Status   string `json:"status"` // Ready or NotReady
+	Document *struct {
+		OS struct {
+			Version string `json:"version"`
+			Slot    string `json:"slot"`
+		} `json:"os"`
+		Labels map[string]string `json:"labels"`
+	} `json:"document"`
+}
+
+// NodeStates lists the cluster's nodes through berthctl.
+func (c *Cluster) NodeStates(ctx context.Context, bin string) ([]NodeState, error) {
+	out, err := c.Berthctl(ctx, bin, "nodes", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var list struct {
+		Items []NodeState `json:"items"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		return nil, fmt.Errorf("berthctl nodes -o json: %w", err)
+	}
+	return list.Items, nil
+}
+
+// WaitNodes polls berthctl every second until cond accepts the node list
+// or ctx ends; it returns the last list.
+func (c *Cluster) WaitNodes(ctx context.Context, bin string, cond func([]NodeState) error) ([]NodeState, error) {
+	for {
+		nodes, err := c.NodeStates(ctx, bin)
+		if err == nil {
+			if err = cond(nodes); err == nil {
+				return nodes, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nodes, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// AllReady accepts a list of exactly the cluster's nodes, all Ready.
+func (c *Cluster) AllReady(nodes []NodeState) error {
+	ready := map[string]bool{}
+	for _, n := range nodes {
+		ready[n.Name] = n.Status == "Ready"
+	}
+	var missing []string
+	for _, n := range c.Nodes {
+		if !ready[n.Name] {
+			missing = append(missing, n.Name)
+		}
+	}
+	if len(missing) > 0 || len(nodes) != len(c.Nodes) {
+		return fmt.Errorf("%d of %d nodes listed; not Ready: %s", len(nodes), len(c.Nodes), strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// AgentReadyAfter tells how long after its qemu started node i's agent
+// became ready (systemd's ActiveEnterTimestampMonotonic of berth-agent,
+// which counts from the kernel's start, plus the firmware and loader time
+// seen on the console). The console cannot show it: systemd stops
+// printing unit status there once the serial getty runs.
+func (c *Cluster) AgentReadyAfter(ctx context.Context, i int) (time.Duration, error) {
+	n, err := c.Node(i)
+	if err != nil {
+		return 0, err
+	}
+	kernelAt, started := n.KernelAt(), n.Started()
+	if kernelAt.IsZero() {
+		return 0, fmt.Errorf("%s: the kernel's start was not seen on the console of a boot started here", n.Name)
+	}
+	out, err := c.SSH(ctx, i, "systemctl show -p ActiveEnterTimestampMonotonic --value berth-agent.service")
+	if err != nil {
+		return 0, err
+	}
+	us, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil || us <= 0 {
+		return 0, fmt.Errorf("%s: berth-agent.service has not become active (ActiveEnterTimestampMonotonic %q)", n.Name, bytes.TrimSpace(out))
+	}
+	return kernelAt.Sub(started) + time.Duration(us)*time.Microsecond, nil
+}
