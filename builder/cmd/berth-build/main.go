@@ -27,7 +27,7 @@ var version = "dev"
 const usage = `berth-build: build berth OS images
 
 Usage:
-  berth-build build SPEC [-o DIR] [--key FILE] [--trust FILE.pub]... [--cache DIR] [--init PATH] [--no-qcow2] [--config NODE.yaml]
+  berth-build build SPEC [-o DIR] [--key FILE] [--trust FILE.pub]... [--cache DIR] [--init PATH] [--no-qcow2] [--box] [--config NODE.yaml]
   berth-build keygen NAME       write NAME.key (private, 0600) and NAME.pub
   berth-build check SPEC        validate a spec and print what it builds
   berth-build run IMAGE [--fresh] [--net]
@@ -111,6 +111,7 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	cache := fs.String("cache", rootfs.DefaultCacheDir, "cache `directory` for base roots (kept between builds)")
 	initBin := fs.String("init", defaultInit(), "the static initrd /init `program` (built by make build as bin/berth-init)")
 	noQcow2 := fs.Bool("no-qcow2", false, "write only the raw image")
+	box := fs.Bool("box", false, "also write NAME-VERSION.box, a Vagrant box for vagrant-libvirt")
 	nodeConfig := fs.String("config", "", "node configuration `file` (node.yaml) put on the ESP as /berth/node.yaml")
 	verbose := fs.Bool("v", false, "debug logging")
 	key := fs.String("key", "", "ed25519 private key `file` that signs the update payload (berth-build keygen); the image trusts its public half")
@@ -147,7 +148,7 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2,
+	res, err := build.Run(ctx, s, build.Options{OutDir: *out, CacheDir: *cache, InitBinary: *initBin, NoQcow2: *noQcow2, Box: *box,
 		SigningKey: *key, TrustKeys: trust, NodeConfig: nodeYAML, Log: log})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -163,6 +164,9 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "  %s\n", res.Raw)
 	if res.Qcow2 != "" {
 		fmt.Fprintf(stdout, "  %s\n", res.Qcow2)
+	}
+	if res.Box != "" {
+		fmt.Fprintf(stdout, "  %s (Vagrant box, libvirt)\n", res.Box)
 	}
 	fmt.Fprintf(stdout, "  %s\n", res.ManifestPath)
 	if res.Payload != "" {
