@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/google/uuid"
@@ -376,6 +377,7 @@ func TestStateExt4Writable(t *testing.T) {
 		t.Fatal(err)
 	}
 	unmount()
+	waitLoopDetached(t, img)
 	requireE2fsckClean(t, img)
 	if htree := run(t, "debugfs", "-R", "htree many", img); !strings.Contains(htree, "Root node dump") {
 		t.Errorf("the kernel did not index a directory of 2000 names:\n%.400s", htree)
@@ -413,5 +415,26 @@ func TestStateExt4Grows(t *testing.T) {
 		if used := st.Sys().(*syscall.Stat_t).Blocks * 512; used > 64*MiB {
 			t.Errorf("growing to %d GiB wrote %d MiB; new block groups should stay uninitialised", gib, used/MiB)
 		}
+	}
+}
+
+// waitLoopDetached waits until no loop device is backed by img: umount
+// releases an auto-cleared loop device asynchronously, and reading the
+// image before that may race with the device's last writes.
+func waitLoopDetached(t *testing.T, img string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := exec.Command("losetup", "-j", img).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loop device still attached to %s after umount: %s", img, bytes.TrimSpace(out))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := exec.Command("sync", "-f", img).CombinedOutput(); err != nil {
+		t.Fatalf("sync %s: %v: %s", img, err, out)
 	}
 }
