@@ -200,6 +200,35 @@ func (e *containerEnv) running(tenant, job string) map[string][]string {
 	return out
 }
 
+// checkTenantQuota reads the tenant's cgroup limits on a node (the test's
+// --cgroup-parent puts them under berth-test-PID/NODE/tenants/TENANT).
+func checkTenantQuota(node, tenant string, memBytes, cpuMillis int64) error {
+	rel := fmt.Sprintf("berth-test-%d/%s/tenants/%s", os.Getpid(), node, tenant)
+	type probe struct{ file, want string }
+	var probes []probe
+	if _, err := os.Stat("/sys/fs/cgroup/memory"); err == nil { // v1
+		probes = []probe{
+			{filepath.Join("/sys/fs/cgroup/memory", rel, "memory.limit_in_bytes"), fmt.Sprint(memBytes)},
+			{filepath.Join("/sys/fs/cgroup/cpu", rel, "cpu.cfs_quota_us"), fmt.Sprint(cpuMillis * 100)},
+		}
+	} else {
+		probes = []probe{
+			{filepath.Join("/sys/fs/cgroup", rel, "memory.max"), fmt.Sprint(memBytes)},
+			{filepath.Join("/sys/fs/cgroup", rel, "cpu.max"), fmt.Sprintf("%d 100000", cpuMillis*100)},
+		}
+	}
+	for _, p := range probes {
+		data, err := os.ReadFile(p.file)
+		if err != nil {
+			return fmt.Errorf("tenant quota on %s: %w", node, err)
+		}
+		if got := strings.TrimSpace(string(data)); got != p.want {
+			return fmt.Errorf("tenant quota on %s: %s = %q, want %q", node, p.file, got, p.want)
+		}
+	}
+	return nil
+}
+
 // pids maps node n's running containers to their process IDs.
 func (e *containerEnv) pids(n *testNode) map[string]int {
 	rt, err := e.runtimeOf(n)
@@ -373,6 +402,15 @@ ports:
 	}
 	if out := e.mustCtl("globex", "jobs"); strings.Contains(out, "web") {
 		t.Fatalf("globex's jobs list shows acme's job:\n%s", out)
+	}
+
+	// The tenant's quota is on its cgroup subtree on every node running
+	// its containers (cgroup v1 here: memory.limit_in_bytes and the CFS
+	// quota; v2: memory.max and cpu.max).
+	for _, r := range web {
+		if err := checkTenantQuota(r.Node, "acme", 1<<30, 2000); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// Impossible resources: the job says why.
