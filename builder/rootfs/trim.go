@@ -202,7 +202,10 @@ func trimDocs(docDir string) (int64, error) {
 			}
 			return nil
 		}
-		if d.Name() == "copyright" {
+		// Only a package's own usr/share/doc/PKG/copyright is kept: a file
+		// called copyright deeper down is an example (ca-certificates ships
+		// a sample package with its debian/copyright).
+		if d.Name() == "copyright" && filepath.Dir(filepath.Dir(p)) == docDir {
 			return nil
 		}
 		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
