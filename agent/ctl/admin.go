@@ -18,11 +18,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/state"
 )
 
 // TenantUser is the etcd user (and certificate CN) of a tenant.
-func TenantUser(tenant string) string { return "tenant:" + tenant }
+func TenantUser(tenant string) string { return jobs.TenantUser(tenant) }
 
 // cmdTenantAdd creates a tenant's etcd role and user: read-write on its
 // own jobs, read-only on the rest of its subtree (status, placement,
@@ -182,19 +183,11 @@ type statsRow struct {
 
 // nodeContainer is the part of the node API's answer berthctl reads.
 type nodeContainer struct {
-	ID      string `json:"id"`
-	Tenant  string `json:"tenant"`
-	Job     string `json:"job"`
-	Replica int    `json:"replica"`
-	Stats   *struct {
-		Time             time.Time `json:"time"`
-		CPUUsageNanos    uint64    `json:"cpu_usage_nanos"`
-		MemoryBytes      uint64    `json:"memory_bytes"`
-		MemoryLimitBytes uint64    `json:"memory_limit_bytes"`
-		PidsCurrent      uint64    `json:"pids_current"`
-		IOReadBytes      uint64    `json:"io_read_bytes"`
-		IOWriteBytes     uint64    `json:"io_write_bytes"`
-	} `json:"stats"`
+	ID      string         `json:"id"`
+	Tenant  string         `json:"tenant"`
+	Job     string         `json:"job"`
+	Replica int            `json:"replica"`
+	Stats   *runtime.Stats `json:"stats"`
 }
 
 // cmdStats samples every node's containers of the tenant twice, one

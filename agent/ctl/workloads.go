@@ -64,10 +64,7 @@ func certTenant(certFile string) string {
 	if err != nil {
 		return ""
 	}
-	t, ok := strings.CutPrefix(leaf.Subject.CommonName, "tenant:")
-	if !ok {
-		return ""
-	}
+	t, _ := jobs.TenantFromCN(leaf.Subject.CommonName)
 	return t
 }
 

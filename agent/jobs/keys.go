@@ -192,3 +192,16 @@ func ParseContainerID(id string) (r ReplicaID, generation int64, err error) {
 	}
 	return r, generation, nil
 }
+
+// TenantCNPrefix starts the certificate CN (and etcd user name) of a
+// tenant's identity: tenant:NAME.
+const TenantCNPrefix = "tenant:"
+
+// TenantUser is the etcd user (and certificate CN) of a tenant.
+func TenantUser(tenant string) string { return TenantCNPrefix + tenant }
+
+// TenantFromCN returns the tenant a certificate CN names; ok is false for
+// the cluster's own identities (nodes, admin, ops).
+func TenantFromCN(cn string) (tenant string, ok bool) {
+	return strings.CutPrefix(cn, TenantCNPrefix)
+}

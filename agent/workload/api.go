@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/runtime"
 )
 
@@ -19,7 +20,6 @@ import (
 const (
 	ContainersPath = "/v1/containers"  // GET: containers on this node, with stats
 	LogsPathPrefix = "/v1/containers/" // GET /v1/containers/ID/logs[?follow=1&tail=N]
-	TenantCNPrefix = "tenant:"         // certificate CN of a tenant's identity
 	logsSuffix     = "/logs"
 )
 
@@ -39,7 +39,7 @@ func caller(r *http.Request) (tenant string, ok bool) {
 		return "", false
 	}
 	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
-	if t, found := strings.CutPrefix(cn, TenantCNPrefix); found {
+	if t, found := jobs.TenantFromCN(cn); found {
 		return t, t != ""
 	}
 	return "", true
