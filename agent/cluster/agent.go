@@ -67,6 +67,10 @@ type Options struct {
 	// Containers counts the node's running and all containers for the
 	// node document; nil reports zero.
 	Containers func() (running, total int)
+	// Draining tells whether the node is being emptied for a reboot, for
+	// the node document (the scheduler then moves its replicas away); nil
+	// means never. Call Agent.Republish after it changes.
+	Draining func() bool
 	// Services run beside the agent once it has a cluster client, until
 	// the agent stops; an error ends the agent.
 	Services []func(ctx context.Context, cli *clientv3.Client) error
@@ -323,6 +327,16 @@ func (a *Agent) run(ctx context.Context) error {
 
 func (a *Agent) embedded() *embed.Etcd       { return a.etcd.Load() }
 func (a *Agent) publisher() *state.Publisher { return a.pub.Load() }
+
+// Republish puts the node document now rather than at the next poll, so
+// that a change such as the start of draining reaches the scheduler at
+// once. Before the publisher exists it does nothing: its first put
+// collects the current state anyway.
+func (a *Agent) Republish() {
+	if p := a.publisher(); p != nil {
+		p.Trigger()
+	}
+}
 
 func (a *Agent) setRole(role string) {
 	old := a.Role()
@@ -808,6 +822,9 @@ func (a *Agent) newPublisher() *state.Publisher {
 		}
 		if c.Ready == nil {
 			c.Ready = a.Ready
+		}
+		if c.Draining == nil {
+			c.Draining = a.opts.Draining
 		}
 		return c.Collect()
 	}

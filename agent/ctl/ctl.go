@@ -47,6 +47,13 @@ Commands:
   tenant add NAME [--cpu Q] [--memory Q]    create a tenant's etcd role and quota (admin)
   image push IMAGE.tar REPO:TAG             push to the cluster registry (berth.local/REPO:TAG)
 
+  os push PAYLOAD [--keys DIR]              push an OS payload to the cluster registry (admin)
+  os rollout VERSION [--max-unavailable N] [--group G] [--window SPEC] [--canary K]
+             [--deadline D] [--max-failures N] [--auto-revert] [--payload REF] [--force]
+                                            roll an OS version out across the cluster (admin)
+  os status | pause [--reason TEXT] | resume | abort [--reason TEXT]
+                                            follow and steer the rollout (berthctl os --help)
+
 Flags (also accepted after the command):
   --endpoints URL,...   etcd client URLs (env BERTHCTL_ENDPOINTS; default https://127.0.0.1:2379)
   --cacert FILE         cluster CA certificate (env BERTHCTL_CACERT)
@@ -112,6 +119,7 @@ type options struct {
 	file, tenant, cpu, memory string
 	follow                    bool
 	tail                      int
+	os                        osOptions
 
 	cfg     Config
 	output  string
@@ -141,6 +149,7 @@ func parseArgs(args []string, sys IO) (options, error) {
 	fs.StringVar(&o.memory, "memory", "", "")
 	fs.BoolVar(&o.follow, "follow", false, "")
 	fs.IntVar(&o.tail, "tail", 0, "")
+	o.os.register(fs)
 
 	// Go's flag package stops at the first argument; parse again after
 	// each one so flags may follow the command.
@@ -148,7 +157,11 @@ func parseArgs(args []string, sys IO) (options, error) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(sys.Stdout, usage)
+				if len(positional) > 0 && positional[0] == "os" {
+					fmt.Fprint(sys.Stdout, osUsage)
+				} else {
+					fmt.Fprint(sys.Stdout, usage)
+				}
 				return o, &exitError{code: ExitOK}
 			}
 			return o, fail(ExitUsage, "%v", err)
@@ -251,13 +264,21 @@ func run(ctx context.Context, args []string, sys IO) error {
 		cmd = cmdTenantAdd
 	case "image":
 		cmd = cmdImagePush
+	case "os":
+		if cmd, err = osCommand(o.args, sys); cmd == nil {
+			return err
+		}
 	case "help":
+		if len(o.args) > 0 && o.args[0] == "os" {
+			fmt.Fprint(sys.Stdout, osUsage)
+			return nil
+		}
 		fmt.Fprint(sys.Stdout, usage)
 		return nil
 	default:
 		return fail(ExitUsage, "unknown command %q (see berthctl --help)", o.command)
 	}
-	maxArgs := map[string]int{"node": 1, "ps": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
+	maxArgs := map[string]int{"node": 1, "ps": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3, "os": 2}
 	minArgs := map[string]int{"node": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
 	if n := len(o.args); n < minArgs[o.command] || n > maxArgs[o.command] {
 		if minArgs[o.command] == maxArgs[o.command] {

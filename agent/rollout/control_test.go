@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -177,11 +178,12 @@ func TestDocuments(t *testing.T) {
 		}
 	}
 	s := statuses(1, nil)["n00"]
+	s.BootID, s.Seconds = "b1", map[string]float64{"download": 1.5}
 	data, err = s.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if back, err := ParseStatus(data); err != nil || back != s {
+	if back, err := ParseStatus(data); err != nil || !reflect.DeepEqual(back, s) {
 		t.Fatalf("status round trip: %+v %v", back, err)
 	}
 	s.Phase = "sleeping"

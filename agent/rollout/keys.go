@@ -69,3 +69,18 @@ func ParseLockKey(key string) (group, holder string, err error) {
 	}
 	return group, holder, nil
 }
+
+// Where OS payloads live in the cluster registry: `berthctl os push` stores
+// a payload as PayloadRepo:VERSION, and a target without an explicit
+// payload reference names it as DefaultPayload(version). berth.local is
+// resolved by each agent to its own registry, which fetches what it lacks
+// from the other agents, so a payload enters the cluster once.
+const (
+	LocalRegistryHost = "berth.local"
+	PayloadRepo       = "berth/os"
+)
+
+// DefaultPayload is the cluster-registry reference of a version's payload.
+func DefaultPayload(version string) string {
+	return LocalRegistryHost + "/" + PayloadRepo + ":" + version
+}

@@ -140,6 +140,14 @@ type NodeStatus struct {
 	Staged   string `json:"staged,omitempty"`
 	// Since is when the node entered Phase.
 	Since time.Time `json:"since"`
+	// BootID is the boot a rollout reboot left from (set while rebooting
+	// and verifying): a driver that sees another boot ID knows the node
+	// went down and came back.
+	BootID string `json:"boot_id,omitempty"`
+	// Seconds is how long the phases of this version took on this node:
+	// download, stage, reboot (decision to agent start), verify (agent
+	// start to done).
+	Seconds map[string]float64 `json:"seconds,omitempty"`
 }
 
 // Validate checks a status document.

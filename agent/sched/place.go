@@ -16,8 +16,12 @@ type Node struct {
 	MemoryBytes int64 // memory.total_bytes
 	Labels      map[string]string
 	// Schedulable is false for a node that is alive but takes no new
-	// replicas (not ready, or an unreadable document); what it runs stays.
+	// replicas (not ready, draining, or an unreadable document).
 	Schedulable bool
+	// Draining: the node is being emptied for a reboot. Unlike a merely
+	// unschedulable node, its replicas move at once to other nodes that
+	// fit; those that fit nowhere else, or whose volumes live on it, stay.
+	Draining bool
 }
 
 // JobEntry is a job with the mod revision of its key; Err marks a document
@@ -60,7 +64,10 @@ type nodeState struct {
 	ports            map[string]bool // "80/tcp" published by replicas on it
 }
 
-func (n *nodeState) fits(j *jobs.Job) bool { return n.Schedulable && n.hasRoom(j) }
+func (n *nodeState) fits(j *jobs.Job) bool { return n.takesNew() && n.hasRoom(j) }
+
+// takesNew tells whether the node may get replicas it does not run yet.
+func (n *nodeState) takesNew() bool { return n.Schedulable && !n.Draining }
 
 // hasRoom ignores Schedulable: a replica already on a not-ready node may
 // take a job update in place.
@@ -104,6 +111,7 @@ type toPlace struct {
 	id     jobs.ReplicaID
 	prev   *jobs.Assignment // current assignment, deleted when the new one is put
 	update bool             // prev runs an older revision of the job that no longer fits its node
+	drain  bool             // prev is on a draining node
 }
 
 // jobTally collects what happened to a job's replicas for its JobPlacement.
@@ -113,15 +121,21 @@ type jobTally struct {
 	unplaced        int
 	outdated        int // running an older revision: the new one fits nowhere
 	reason          string
+	// Replicas that stay on draining nodes: no other node fits them
+	// (stuck), or their volumes live there (pinned).
+	stuck, pinned     int
+	stuckOn, pinnedOn map[string]int
+	stuckReason       string
 }
 
 // Place decides assignments from a snapshot. It is deterministic: the same
-// input gives the same plan. Rules: replicas on live nodes stay; replicas on
-// lost nodes move (Generation+1) unless their volumes live there; replicas
-// on nodes gone within grace wait; a job change updates replicas in place
-// when they still fit; new replicas go to the node with the fewest replicas
-// of the job, then the most free memory (spread), or to the tightest fit
-// (spread: false).
+// input gives the same plan. Rules: replicas on live nodes stay, except on
+// draining nodes, whose replicas move (Generation+1) to another node that
+// fits and otherwise stay; replicas on lost nodes move unless their volumes
+// live there; replicas on nodes gone within grace wait; a job change
+// updates replicas in place when they still fit; new and moving replicas
+// go to the node with the fewest replicas of the job, then the most free
+// memory (spread), or to the tightest fit (spread: false).
 func Place(in Input) Plan {
 	p := &placer{in: in, nodes: map[string]*nodeState{}, jobs: map[jobs.JobRef]*JobEntry{}, tally: map[jobs.JobRef]*jobTally{}}
 	return p.run()
@@ -148,7 +162,7 @@ func (p *placer) run() Plan {
 	for i := range p.in.Jobs {
 		je := &p.in.Jobs[i]
 		p.jobs[je.Ref] = je
-		p.tally[je.Ref] = &jobTally{waitingOn: map[string]int{}}
+		p.tally[je.Ref] = &jobTally{waitingOn: map[string]int{}, stuckOn: map[string]int{}, pinnedOn: map[string]int{}}
 		refs = append(refs, je.Ref)
 	}
 	sort.Slice(refs, func(a, b int) bool { return refLess(refs[a], refs[b]) })
@@ -163,8 +177,20 @@ func (p *placer) run() Plan {
 		case je == nil || je.Err == nil && (je.Job.Stopped || id.Replica >= je.Job.Replicas):
 			p.changes = append(p.changes, Change{Delete: a.Key()})
 		case p.nodes[a.Node] != nil:
-			p.nodes[a.Node].take(&a.Spec, 1)
+			n := p.nodes[a.Node]
+			n.take(&a.Spec, 1)
 			p.kept[id] = a
+			if n.Draining && je.Err == nil {
+				if !p.pinnedTo(id, &je.Job, a.Node) {
+					// Moved with the job's current spec, which also
+					// takes any job change; kept until then.
+					prev := a
+					pending = append(pending, toPlace{id: id, prev: &prev, drain: true})
+					continue
+				}
+				p.tally[je.Ref].pinned++
+				p.tally[je.Ref].pinnedOn[a.Node]++
+			}
 			if je.Err == nil && a.JobRevision != je.Revision {
 				updates = append(updates, a)
 			}
@@ -179,20 +205,10 @@ func (p *placer) run() Plan {
 	}
 	// Job changes: in place when the new spec still fits the same node.
 	for _, a := range updates {
-		je := p.jobs[jobs.JobRef{Tenant: a.Tenant, Job: a.Job}]
-		n := p.nodes[a.Node]
-		n.take(&a.Spec, -1)
-		if n.hasRoom(&je.Job) || p.pinnedTo(a.ID(), &je.Job, a.Node) {
-			n.take(&je.Job, 1)
-			up := a
-			up.Spec, up.JobRevision, up.Epoch, up.Assigned = je.Job, je.Revision, p.in.Epoch, p.in.Now
-			p.kept[a.ID()] = up
-			p.changes = append(p.changes, Change{Put: &up})
-			continue
+		if !p.updateInPlace(a) {
+			prev := a
+			pending = append(pending, toPlace{id: a.ID(), prev: &prev, update: true})
 		}
-		n.take(&a.Spec, 1) // keeps running the old spec until a node fits
-		prev := a
-		pending = append(pending, toPlace{id: a.ID(), prev: &prev, update: true})
 	}
 	// Missing replicas, job by job.
 	moving := make(map[jobs.ReplicaID]bool, len(pending))
@@ -251,6 +267,25 @@ func (p *placer) current() []jobs.Assignment {
 	return out
 }
 
+// updateInPlace puts the job's current spec into a (on a live node) when
+// it still fits there or the replica's volumes live there; otherwise a
+// keeps running the old spec and false is returned.
+func (p *placer) updateInPlace(a jobs.Assignment) bool {
+	je := p.jobs[jobs.JobRef{Tenant: a.Tenant, Job: a.Job}]
+	n := p.nodes[a.Node]
+	n.take(&a.Spec, -1)
+	if !n.hasRoom(&je.Job) && !p.pinnedTo(a.ID(), &je.Job, a.Node) {
+		n.take(&a.Spec, 1)
+		return false
+	}
+	n.take(&je.Job, 1)
+	up := a
+	up.Spec, up.JobRevision, up.Epoch, up.Assigned = je.Job, je.Revision, p.in.Epoch, p.in.Now
+	p.kept[a.ID()] = up
+	p.changes = append(p.changes, Change{Put: &up})
+	return true
+}
+
 // pinnedTo tells whether the replica's volumes live on node.
 func (p *placer) pinnedTo(id jobs.ReplicaID, j *jobs.Job, node string) bool {
 	home, ok := p.in.VolumeHomes[id]
@@ -280,6 +315,22 @@ func (p *placer) placeAll(pending []toPlace) {
 			}
 		}
 		best := p.choose(&je.Job, t.id, count)
+		if best < 0 && t.drain {
+			// Stays on the draining node; a job change still applies
+			// there if it fits, as for any other replica.
+			tally.stuck++
+			tally.stuckOn[t.prev.Node]++
+			if tally.stuckReason == "" {
+				tally.stuckReason = p.why(&je.Job, t.id)
+			}
+			if t.prev.JobRevision != je.Revision && !p.updateInPlace(*t.prev) {
+				tally.outdated++
+				if tally.reason == "" {
+					tally.reason = p.why(&je.Job, t.id)
+				}
+			}
+			continue
+		}
 		if best < 0 {
 			if t.update {
 				tally.outdated++
@@ -369,8 +420,14 @@ func (p *placer) choose(j *jobs.Job, id jobs.ReplicaID, count []int) int {
 func (p *placer) why(j *jobs.Job, id jobs.ReplicaID) string {
 	if len(j.Volumes) > 0 {
 		if home, ok := p.in.VolumeHomes[id]; ok {
-			if _, alive := p.nodes[home]; !alive {
+			n, alive := p.nodes[home]
+			switch {
+			case !alive:
 				return fmt.Sprintf("waiting for node %s, which holds its volumes", home)
+			case n.Draining:
+				return fmt.Sprintf("node %s, which holds its volumes, is draining", home)
+			case !n.Schedulable:
+				return fmt.Sprintf("node %s, which holds its volumes, takes no new replicas", home)
 			}
 			return fmt.Sprintf("node %s, which holds its volumes, has no room: needs %s cpu, %s memory",
 				home, jobs.FormatCPU(j.Resources.CPUMillis), jobs.FormatMemory(j.Resources.MemoryBytes))
@@ -379,7 +436,7 @@ func (p *placer) why(j *jobs.Job, id jobs.ReplicaID) string {
 	var live, matching, portBlocked int
 	var maxCPU, maxMem int64
 	for _, n := range p.order {
-		if !n.Schedulable {
+		if !n.takesNew() {
 			continue
 		}
 		live++
@@ -439,21 +496,34 @@ func (p *placer) summary(je *JobEntry, t *jobTally) jobs.JobPlacement {
 	jp.Desired = je.Job.Replicas
 	parts := []string{fmt.Sprintf("placed %d/%d", t.placed, jp.Desired)}
 	if t.waiting > 0 {
-		nodes := make([]string, 0, len(t.waitingOn))
-		for n := range t.waitingOn {
-			nodes = append(nodes, n)
-		}
-		sort.Strings(nodes)
-		parts = append(parts, fmt.Sprintf("%d waiting for gone node(s) %s", t.waiting, strings.Join(nodes, ",")))
+		parts = append(parts, fmt.Sprintf("%d waiting for gone node(s) %s", t.waiting, joinNodes(t.waitingOn)))
 	}
 	if t.unplaced > 0 {
 		parts = append(parts, fmt.Sprintf("%d unplaced: %s", t.unplaced, t.reason))
+	}
+	if t.stuck > 0 {
+		parts = append(parts, fmt.Sprintf("%d left on draining %s: %s",
+			t.stuck, joinNodes(t.stuckOn), t.stuckReason))
+	}
+	if t.pinned > 0 {
+		parts = append(parts, fmt.Sprintf("%d left on draining %s, which holds its volumes", t.pinned, joinNodes(t.pinnedOn)))
 	}
 	if t.outdated > 0 {
 		parts = append(parts, fmt.Sprintf("%d kept on an older revision: %s", t.outdated, t.reason))
 	}
 	jp.Message = strings.Join(parts, "; ")
 	return jp
+}
+
+// joinNodes names the nodes of a count per node, sorted: "node-2" or
+// "node-2,node-3".
+func joinNodes(counts map[string]int) string {
+	names := make([]string, 0, len(counts))
+	for n := range counts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
 }
 
 func refLess(a, b jobs.JobRef) bool {

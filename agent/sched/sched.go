@@ -450,5 +450,5 @@ func (s *Scheduler) commit(ctx context.Context, w *world, l *leadership, units [
 // (not heartbeats or load).
 func sameNode(a, b Node) bool {
 	return a.Name == b.Name && a.CPUMillis == b.CPUMillis && a.MemoryBytes == b.MemoryBytes &&
-		a.Schedulable == b.Schedulable && maps.Equal(a.Labels, b.Labels)
+		a.Schedulable == b.Schedulable && a.Draining == b.Draining && maps.Equal(a.Labels, b.Labels)
 }

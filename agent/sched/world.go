@@ -80,7 +80,7 @@ func (w *world) put(k, v []byte, rev int64, now time.Time, log *slog.Logger) boo
 			log.Warn("unreadable node document, node takes no new replicas", "node", name, "err", err)
 		} else {
 			n = Node{Name: name, CPUMillis: int64(doc.CPU.Cores) * 1000, MemoryBytes: int64(min(doc.Memory.TotalBytes, 1<<62)),
-				Labels: doc.Labels, Schedulable: doc.Ready}
+				Labels: doc.Labels, Schedulable: doc.Ready && !doc.Draining, Draining: doc.Draining}
 		}
 		old, existed := w.nodes[name]
 		w.nodes[name] = n

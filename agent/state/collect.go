@@ -46,8 +46,11 @@ type Collector struct {
 	Labels map[string]string
 	// Ready tells whether the agent considers the node ready; nil means true.
 	Ready func() bool
-	Now   func() time.Time
-	Log   *slog.Logger
+	// Draining tells whether the node is being emptied for a reboot; nil
+	// means never.
+	Draining func() bool
+	Now      func() time.Time
+	Log      *slog.Logger
 }
 
 // Collect returns the document, filled as far as the system allows. What
@@ -84,6 +87,7 @@ func (c *Collector) Gather() (Node, error) {
 		Agent:     Agent{Version: c.AgentVersion, Started: c.Started},
 		Heartbeat: now().UTC().Truncate(time.Second),
 		Ready:     c.Ready == nil || c.Ready(),
+		Draining:  c.Draining != nil && c.Draining(),
 		Labels:    c.Labels,
 	}
 	if n.Agent.Version == "" {

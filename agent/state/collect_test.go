@@ -166,3 +166,31 @@ func TestCheckName(t *testing.T) {
 		t.Error("NameFromKey accepted a key under another prefix")
 	}
 }
+
+func TestGatherDraining(t *testing.T) {
+	c := &Collector{Name: "node-1", ProcDir: fakeProc(t), OSRelease: filepath.Join(t.TempDir(), "missing"),
+		Updater: fakeUpdater{err: errors.New("off berth")}, Kernel: func() (string, error) { return "6.1", nil }}
+	raw, err := json.Marshal(c.Collect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), `"draining"`) {
+		t.Fatalf("nil Draining: document has a draining field: %s", raw)
+	}
+	draining := true
+	c.Draining = func() bool { return draining }
+	if n := c.Collect(); !n.Draining {
+		t.Fatal("Draining returns true, document says not draining")
+	}
+	raw, err = json.Marshal(c.Collect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"draining":true`) {
+		t.Fatalf("draining document lacks \"draining\":true: %s", raw)
+	}
+	draining = false
+	if n := c.Collect(); n.Draining {
+		t.Fatal("Draining returns false, document says draining")
+	}
+}

@@ -15,7 +15,9 @@ import (
 const Schema = "berth.node.v1"
 
 // Node is the document at NodeKey(name). The JSON field names are the
-// contract read by berthctl and by operators with plain etcdctl.
+// contract read by berthctl, the scheduler and operators with plain etcdctl.
+// Draining (omitted when false) means the node is being emptied for a
+// reboot: it takes no new replicas and its replicas are being moved.
 type Node struct {
 	Schema        string     `json:"schema"`
 	Name          string     `json:"name"`
@@ -32,6 +34,9 @@ type Node struct {
 	Containers    Containers `json:"containers"`
 	Heartbeat     time.Time  `json:"heartbeat"`
 	Ready         bool       `json:"ready"`
+	// Draining: the node is being emptied for a reboot (an OS update); the
+	// scheduler gives it no new replicas and moves its replicas elsewhere.
+	Draining bool `json:"draining,omitempty"`
 	// Labels are the operator's node labels (agent config), matched by a
 	// job's node_selector.
 	Labels map[string]string `json:"labels,omitempty"`

@@ -268,3 +268,41 @@ func TestPublisherRejectsBadArguments(t *testing.T) {
 		}
 	}
 }
+
+// Draining is published at the next poll, long before the heartbeat: the
+// scheduler reads it to empty the node.
+func TestPublisherPublishesDraining(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var draining atomic.Bool
+	c := &state.Collector{Name: "node-6", Addresses: []string{"127.0.0.1"}, Draining: draining.Load, Log: quiet}
+	p := state.NewPublisher(cli, "node-6", c.Collect, 10*time.Second)
+	p.Interval = 9 * time.Second
+	p.Poll = 100 * time.Millisecond
+	p.Log = quiet
+	startPublisher(t, p)
+	published := func() state.Node {
+		v, _, _ := getKV(t, cli, state.NodeKey("node-6"))
+		n, err := state.ParseNode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if published().Draining {
+		t.Fatal("published draining before Draining returned true")
+	}
+	draining.Store(true)
+	if !waitFor(2*time.Second, func() bool { return published().Draining }) {
+		t.Fatal("draining not published within 2s (heartbeat is 9s)")
+	}
+	v, _, _ := getKV(t, cli, state.NodeKey("node-6"))
+	if !strings.Contains(string(v), `"draining":true`) {
+		t.Fatalf("stored document lacks \"draining\":true: %s", v)
+	}
+
+	draining.Store(false)
+	if !waitFor(2*time.Second, func() bool { return !published().Draining }) {
+		t.Fatal("end of draining not published within 2s")
+	}
+}

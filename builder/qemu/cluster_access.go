@@ -14,8 +14,12 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 )
 
 // DialContext connects from inside the cluster's namespace (where the
@@ -294,4 +298,34 @@ func (c *Cluster) AgentReadyAfter(ctx context.Context, i int) (time.Duration, er
 		return 0, fmt.Errorf("%s: berth-agent.service has not become active (ActiveEnterTimestampMonotonic %q)", n.Name, bytes.TrimSpace(out))
 	}
 	return kernelAt.Sub(started) + time.Duration(us)*time.Microsecond, nil
+}
+
+// EtcdClient is an etcd client of the cluster with the admin certificate
+// (FetchAdminCert first), connecting through the namespace, for tests
+// that watch or write the cluster's state from this process.
+func (c *Cluster) EtcdClient() (*clientv3.Client, error) {
+	dir := c.AdminDir()
+	tlsCfg, err := (transport.TLSInfo{
+		TrustedCAFile: filepath.Join(dir, "ca.crt"),
+		CertFile:      filepath.Join(dir, "admin.crt"),
+		KeyFile:       filepath.Join(dir, "admin.key"),
+	}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s admin TLS: %w", c.Name, err)
+	}
+	var endpoints []string
+	for _, n := range c.Nodes {
+		endpoints = append(endpoints, fmt.Sprintf("https://%s:2379", n.IPv4))
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: endpoints, TLS: tlsCfg, DialTimeout: 10 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return c.DialContext(ctx, "tcp", addr)
+		})},
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s etcd client: %w", c.Name, err)
+	}
+	return cli, nil
 }

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -84,10 +85,16 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	if err := workloads(cfg, &opts, log); err != nil {
 		return err
 	}
+	// Services start only once the agent runs, so they can reach it.
+	var agentRef atomic.Pointer[cluster.Agent]
+	if err := rolloutServices(cfg, &opts, agentRef.Load, log); err != nil {
+		return err
+	}
 	agent, err := cluster.New(opts)
 	if err != nil {
 		return err
 	}
+	agentRef.Store(agent)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

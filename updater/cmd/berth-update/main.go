@@ -93,10 +93,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// source adapts a verified payload to what the slot installer reads.
-type source struct{ *payload.Payload }
-
-func (s source) Manifest() payload.Manifest { return s.Payload.Manifest }
 
 func cmdApply(ctx context.Context, sys *slot.System, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
@@ -139,7 +135,7 @@ func cmdApply(ctx context.Context, sys *slot.System, args []string, stdout, stde
 	}
 	start := time.Now()
 	last := -1
-	plan, err := sys.Apply(ctx, source{p}, slot.ApplyOptions{
+	plan, err := sys.Apply(ctx, slot.PayloadSource(p), slot.ApplyOptions{
 		AllowDowngrade: *downgrade, DryRun: *dryRun, Tries: *tries,
 		Progress: func(done, total int64) {
 			if pct := int(done * 100 / max(total, 1)); pct/10 != last/10 {

@@ -1,0 +1,384 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/rollout"
+	"github.com/berth-os/berth/builder/build"
+	"github.com/berth-os/berth/builder/qemu"
+	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/payload"
+)
+
+// rolloutWatch samples the rollout state and writes to etcd continuously
+// while a rollout runs, from this process through the cluster namespace.
+type rolloutWatch struct {
+	cli *clientv3.Client
+
+	mu sync.Mutex
+	// peakDown is the most nodes seen rebooting or verifying at once,
+	// peakHolders the most holders of the default group's reboot slots.
+	peakDown, peakHolders int
+	downAt               string // a sample with peakDown nodes down
+	// Writes: one every 100 ms with a 3 s timeout; failures are grouped
+	// into runs of consecutive failed writes.
+	writes, failed int
+	runs           []time.Duration
+	runStart       time.Time
+	last           rollout.Snapshot
+}
+
+func watchRollout(ctx context.Context, t *testing.T, cli *clientv3.Client) *rolloutWatch {
+	w := &rolloutWatch{cli: cli}
+	go func() {
+		for ctx.Err() == nil {
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			snap, err := rollout.Load(sctx, cli)
+			cancel()
+			if err == nil {
+				w.sample(snap)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}()
+	go func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := cli.Put(wctx, "/e2e/writer", fmt.Sprint(i))
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			w.write(err)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	return w
+}
+
+func (w *rolloutWatch) sample(snap rollout.Snapshot) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last = snap
+	if snap.Target == nil {
+		return
+	}
+	var down []string
+	for _, s := range snap.Statuses {
+		if p := rollout.Effective(*snap.Target, s); p.Down() {
+			down = append(down, s.Node+" "+string(p))
+		}
+	}
+	if len(down) > w.peakDown {
+		w.peakDown, w.downAt = len(down), strings.Join(down, ", ")
+	}
+	w.peakHolders = max(w.peakHolders, len(snap.Holders[rollout.DefaultGroup]))
+}
+
+func (w *rolloutWatch) write(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes++
+	switch {
+	case err != nil:
+		w.failed++
+		if w.runStart.IsZero() {
+			w.runStart = time.Now()
+		}
+	case !w.runStart.IsZero():
+		w.runs = append(w.runs, time.Since(w.runStart))
+		w.runStart = time.Time{}
+	}
+}
+
+func (w *rolloutWatch) snapshot() rollout.Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
+// waitRollout polls the stored state until done says yes.
+func waitRollout(ctx context.Context, t *testing.T, cli *clientv3.Client, what string, timeout time.Duration, done func(rollout.Snapshot) bool) rollout.Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var snap rollout.Snapshot
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := rollout.Load(sctx, cli)
+		cancel()
+		if err == nil {
+			snap = s
+			if done(s) {
+				return s
+			}
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Fatalf("%s: not reached within %s; last state:\n%s", what, timeout, describe(snap))
+	return snap
+}
+
+func describe(snap rollout.Snapshot) string {
+	var b strings.Builder
+	if snap.Target != nil {
+		fmt.Fprintf(&b, "target %s paused=%v aborted=%v reason=%q\n", snap.Target.Version, snap.Target.Paused, snap.Target.Aborted, snap.Target.Reason)
+	}
+	names := make([]string, 0, len(snap.Statuses))
+	for n := range snap.Statuses {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := snap.Statuses[n]
+		fmt.Fprintf(&b, "  %s target=%s phase=%s current=%s staged=%s reason=%q seconds=%v\n", n, s.Target, s.Phase, s.Current, s.Staged, s.Reason, s.Seconds)
+	}
+	for g, hs := range snap.Holders {
+		for _, h := range hs {
+			fmt.Fprintf(&b, "  lock %s held by %s\n", g, h.Holder)
+		}
+	}
+	return b.String()
+}
+
+func phasesAre(snap rollout.Snapshot, version string, want map[string]rollout.Phase) bool {
+	if snap.Target == nil || snap.Target.Version != version {
+		return false
+	}
+	for n, p := range want {
+		s, ok := snap.Statuses[n]
+		if !ok || rollout.Effective(*snap.Target, s) != p {
+			return false
+		}
+	}
+	return true
+}
+
+// TestE2ERollout rolls a 3-node qemu cluster from v1 to v2 with
+// max-unavailable 1 while a client writes to etcd continuously; then a v3
+// that fails its health check: the canary rolls back by itself and the
+// rollout pauses with the reason; then, during a rollout back to v1, the
+// first node to reboot is killed and never returns: its reboot slot's
+// lease expires and it is reported failed.
+func TestE2ERollout(t *testing.T) {
+	requireE2E(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	if err := payload.GenerateKey(key+".key", key+".pub"); err != nil {
+		t.Fatal(err)
+	}
+	type built struct {
+		res     *build.Result
+		payload string
+		bytes   int64
+	}
+	versions := map[string]built{}
+	for _, v := range []string{"0.1.0", "0.2.0", "0.3.0"} {
+		s, err := spec.Load(minimalSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Version = v
+		if v == "0.3.0" {
+			check := "#!/bin/sh\necho disk on fire >&2\nexit 1\n"
+			s.Files = append(s.Files, spec.File{Path: "/etc/berth/health.d/50-disk", Content: &check, Mode: 0o755})
+		}
+		start := time.Now()
+		res, err := build.Run(context.Background(), s, build.Options{OutDir: filepath.Join(dir, "out-"+v), CacheDir: cacheDir(),
+			InitBinary: initBinary(t), SigningKey: key + ".key", NoQcow2: true, Log: discardLog()})
+		if err != nil {
+			t.Fatalf("build %s (make build first: the spec takes the agent from bin/): %v", v, err)
+		}
+		versions[v] = built{res: res, payload: res.Payload, bytes: dirBytes(t, res.Payload)}
+		t.Logf("built %s with a payload of %.1f MiB in %.1f s", v, float64(versions[v].bytes)/(1<<20), time.Since(start).Seconds())
+	}
+	berthctl := buildBerthctl(t)
+	c := freshCluster(t, qemu.ClusterConfig{Name: "e2e-roll", Image: versions["0.1.0"].res.Raw, Nodes: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
+	defer cancel()
+	if err := c.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.FetchAdminCert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitNodes(ctx, berthctl, c.AllReady); err != nil {
+		t.Fatalf("3 Ready nodes: %v", err)
+	}
+	cli, err := c.EtcdClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, err := c.Berthctl(ctx, berthctl, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	nodes := []string{"node-1", "node-2", "node-3"}
+	all := func(p rollout.Phase) map[string]rollout.Phase {
+		m := map[string]rollout.Phase{}
+		for _, n := range nodes {
+			m[n] = p
+		}
+		return m
+	}
+
+	// 1: v1 -> v2, one node at a time, etcd writable throughout.
+	start := time.Now()
+	t.Logf("%s", ctl("os", "push", versions["0.2.0"].payload))
+	pushed := time.Since(start)
+	wctx, stopWatch := context.WithCancel(ctx)
+	w := watchRollout(wctx, t, cli)
+	rolloutStart := time.Now()
+	ctl("os", "rollout", "0.2.0", "--max-unavailable", "1", "--canary", "1")
+	snap := waitRollout(ctx, t, cli, "every node on 0.2.0", 30*time.Minute, func(s rollout.Snapshot) bool {
+		return phasesAre(s, "0.2.0", all(rollout.PhaseDone))
+	})
+	took := time.Since(rolloutStart)
+	time.Sleep(2 * time.Second)
+	stopWatch()
+	w.mu.Lock()
+	t.Logf("measured: rollout of 0.2.0 to 3 nodes in %.1f s (push %.1f s); %d writes during it, %d failed, failure runs %v",
+		took.Seconds(), pushed.Seconds(), w.writes, w.failed, w.runs)
+	if w.peakDown > 1 || w.peakHolders > 1 {
+		t.Errorf("with max-unavailable 1: %d nodes down at once (%s), %d reboot slot holders at once", w.peakDown, w.downAt, w.peakHolders)
+	}
+	if w.peakDown == 0 {
+		t.Errorf("no node was ever seen rebooting or verifying: the watch missed the rollout")
+	}
+	for _, r := range w.runs {
+		// A leader election under software emulation takes a few seconds;
+		// anything longer is a loss of quorum.
+		if r > 10*time.Second {
+			t.Errorf("etcd refused writes for %s in one stretch during the rollout: more than a leader election", r)
+		}
+	}
+	if !w.runStart.IsZero() {
+		t.Errorf("etcd writes were still failing at the end of the rollout")
+	}
+	w.mu.Unlock()
+	for _, n := range nodes {
+		s := snap.Statuses[n]
+		t.Logf("measured: %s download %.1f s, stage %.1f s, reboot %.1f s, verify %.1f s", n,
+			s.Seconds["download"], s.Seconds["stage"], s.Seconds["reboot"], s.Seconds["verify"])
+		if s.Current != "0.2.0" || s.Previous != "0.1.0" {
+			t.Errorf("%s: current %s previous %s, want 0.2.0 from 0.1.0", n, s.Current, s.Previous)
+		}
+	}
+	states, err := c.NodeStates(ctx, berthctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range states {
+		if n.Status != "Ready" || n.Document == nil || n.Document.OS.Version != "0.2.0" || n.Document.OS.Slot != "b" {
+			t.Errorf("%s after the rollout: %s %+v, want Ready on 0.2.0 in slot b", n.Name, n.Status, n.Document)
+		}
+	}
+	p := versions["0.2.0"].bytes
+	t.Logf("measured: payload bytes from outside the cluster %d (one push) vs nodes x payload %d: %.2f",
+		p, 3*p, float64(p)/float64(3*p))
+	t.Logf("os status after 0.2.0:\n%s", ctl("os", "status"))
+
+	// 2: v3 fails its health check on the canary: it rolls back by
+	// itself, the rollout pauses, the others stay on v2.
+	ctl("os", "push", versions["0.3.0"].payload)
+	ctl("os", "rollout", "0.3.0", "--max-unavailable", "1", "--canary", "1")
+	snap = waitRollout(ctx, t, cli, "canary node-1 rolled back and the rollout paused", 30*time.Minute, func(s rollout.Snapshot) bool {
+		return phasesAre(s, "0.3.0", map[string]rollout.Phase{"node-1": rollout.PhaseRolledBack}) && s.Target.Paused
+	})
+	if r := snap.Statuses["node-1"].Reason; !strings.Contains(r, "disk on fire") {
+		t.Errorf("node-1's rollback reason %q does not carry the health check's output", r)
+	}
+	if !strings.Contains(snap.Target.Reason, "node-1") {
+		t.Errorf("pause reason %q does not name node-1", snap.Target.Reason)
+	}
+	for _, n := range []string{"node-2", "node-3"} {
+		s := snap.Statuses[n]
+		if s.Current != "0.2.0" || rollout.Effective(*snap.Target, s).Down() {
+			t.Errorf("%s moved during a paused rollout: %+v", n, s)
+		}
+	}
+	status := ctl("os", "status")
+	t.Logf("os status after the failed canary:\n%s", status)
+	if !strings.Contains(status, "paused") || !strings.Contains(status, "disk on fire") {
+		t.Errorf("berthctl os status does not say why the rollout paused:\n%s", status)
+	}
+
+	// An abort withdraws what the others staged.
+	ctl("os", "abort", "--reason", "v3 is broken")
+	waitRollout(ctx, t, cli, "staged 0.3.0 withdrawn on node-2 and node-3", 5*time.Minute, func(s rollout.Snapshot) bool {
+		return s.Statuses["node-2"].Staged == "" && s.Statuses["node-3"].Staged == ""
+	})
+
+	// 3: back to v1; the first node to reboot is killed and never returns.
+	ctl("os", "push", versions["0.1.0"].payload)
+	ctl("os", "rollout", "0.1.0", "--max-unavailable", "1", "--canary", "0", "--deadline", "150s")
+	snap = waitRollout(ctx, t, cli, "a node rebooting into 0.1.0", 20*time.Minute, func(s rollout.Snapshot) bool {
+		if s.Target == nil || s.Target.Version != "0.1.0" {
+			return false
+		}
+		for _, st := range s.Statuses {
+			if rollout.Effective(*s.Target, st) == rollout.PhaseRebooting {
+				return true
+			}
+		}
+		return false
+	})
+	var victim string
+	for _, st := range snap.Statuses {
+		if rollout.Effective(*snap.Target, st) == rollout.PhaseRebooting {
+			victim = st.Node
+		}
+	}
+	idx := map[string]int{"node-1": 1, "node-2": 2, "node-3": 3}[victim]
+	if err := c.Kill(idx); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	t.Logf("killed %s while it held the reboot slot", victim)
+	snap = waitRollout(ctx, t, cli, victim+" reported failed", 10*time.Minute, func(s rollout.Snapshot) bool {
+		return phasesAre(s, "0.1.0", map[string]rollout.Phase{victim: rollout.PhaseFailed}) && s.Target.Paused
+	})
+	t.Logf("measured: %s reported failed %.1f s after it was killed (deadline 150 s)", victim, time.Since(killed).Seconds())
+	if len(snap.Holders[rollout.DefaultGroup]) != 0 || len(snap.Holders[rollout.VotersGroup]) != 0 {
+		t.Errorf("the dead holder's reboot slots are still held:\n%s", describe(snap))
+	}
+	if r := snap.Statuses[victim].Reason; !strings.Contains(r, "did not return") {
+		t.Errorf("%s's failure reason: %q", victim, r)
+	}
+	for _, st := range snap.Statuses {
+		if st.Node != victim && rollout.Effective(*snap.Target, st).Down() {
+			t.Errorf("%s rebooted while %s was down: %+v", st.Node, victim, st)
+		}
+	}
+	t.Logf("os status after the dead holder:\n%s", ctl("os", "status"))
+}
+
+// dirBytes is the size of the files under dir.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
