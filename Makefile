@@ -10,7 +10,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 GO       ?= go
 GOFLAGS_BUILD = -trimpath -ldflags "-s -w -X main.version=$(VERSION)"
 # Every test package may boot VMs; a slow machine without KVM needs time.
-TEST_TIMEOUT ?= 50m
+TEST_TIMEOUT ?= 90m
 
 DEB_PACKAGES = mmdebstrap squashfs-tools erofs-utils dosfstools mtools \
 	qemu-system-x86 ovmf qemu-utils gdisk cpio e2fsprogs systemd \

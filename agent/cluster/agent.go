@@ -519,16 +519,16 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 		a.etcd.Store(e)
 		return nil
 	case err := <-e.Err():
-		id := e.Server.MemberID()
+		id, peers := e.Server.MemberID(), otherClientURLs(e)
 		e.Close()
-		if a.removedFromCluster(ctx, uint64(id)) {
+		if a.removedFromCluster(ctx, uint64(id), peers) {
 			return errMemberRemoved
 		}
 		return fmt.Errorf("etcd: %w", err)
 	case <-e.Server.StopNotify():
-		id := e.Server.MemberID()
+		id, peers := e.Server.MemberID(), otherClientURLs(e)
 		e.Close()
-		if a.removedFromCluster(ctx, uint64(id)) {
+		if a.removedFromCluster(ctx, uint64(id), peers) {
 			return errMemberRemoved
 		}
 		return errors.New("etcd stopped while starting")
@@ -542,6 +542,20 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 	}
 }
 
+// otherClientURLs are the other members' client URLs as this member's own
+// copy of the membership knows them: a bootstrap node's saved endpoints
+// may name only itself.
+func otherClientURLs(e *embed.Etcd) []string {
+	var out []string
+	self := e.Server.MemberID()
+	for _, m := range e.Server.Cluster().Members() {
+		if m.ID != self {
+			out = append(out, m.ClientURLs...)
+		}
+	}
+	return out
+}
+
 // memberRemoved tells whether etcd stopped because the cluster removed
 // this member.
 func memberRemoved(e *embed.Etcd) bool {
@@ -552,10 +566,10 @@ func memberRemoved(e *embed.Etcd) bool {
 // removedFromCluster asks the other members whether member id is still
 // one of them: etcd stops a removed member on start without saying so to
 // its embedder (it only logs it).
-func (a *Agent) removedFromCluster(ctx context.Context, id uint64) bool {
+func (a *Agent) removedFromCluster(ctx context.Context, id uint64, known []string) bool {
 	var others []string
-	for _, ep := range a.st.Endpoints {
-		if ep != a.opts.ClientURL {
+	for _, ep := range append(append([]string(nil), a.st.Endpoints...), known...) {
+		if ep != a.opts.ClientURL && !slices.Contains(others, ep) {
 			others = append(others, ep)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-os/berth/agent/rollout"
 	"slices"
 	"strings"
 	"time"
@@ -141,6 +142,18 @@ func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time
 	for _, kv := range docs.Kvs {
 		if name, ok := state.NameFromKey(state.NodesPrefix, string(kv.Key)); ok {
 			alive[name] = true
+		}
+	}
+	// A node rebooting for an OS rollout holds a reboot slot (bound to a
+	// lease as long as the rollout's deadline): a planned absence, not a
+	// death. Removing it would cost a member and a rejoin per reboot.
+	locks, err := a.cli.Get(cctx, rollout.LockPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("list reboot slots: %w", err)
+	}
+	for _, kv := range locks.Kvs {
+		if _, holder, err := rollout.ParseLockKey(string(kv.Key)); err == nil {
+			alive[holder] = true
 		}
 	}
 	for name := range missingSince {

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -315,6 +316,9 @@ func cmdOSRollout(ctx context.Context, s *session) error {
 		state, _ := rolloutState(*cur, snap)
 		fmt.Fprintf(out, "it replaces the rollout of %s (%s)\n", cur.Version, state)
 	}
+	if w, err := rollout.ParseWindow(t.Window); err == nil && !w.Contains(s.sys.Now()) {
+		fmt.Fprintf(out, "the maintenance window is closed now: nodes download and stage %s, and reboot into it only inside the window\n", version)
+	}
 	fmt.Fprintln(out, "follow it with: berthctl os status")
 	return nil
 }
@@ -386,6 +390,13 @@ func groupText(g string) string {
 		return "all nodes"
 	}
 	return "group " + g
+}
+
+func orValue(s, dflt string) string {
+	if s == "" {
+		return dflt
+	}
+	return s
 }
 
 func windowText(w string) string {
@@ -532,11 +543,11 @@ func cmdOSStatus(ctx context.Context, s *session) error {
 		fmt.Fprintln(out, "no rollout")
 	} else {
 		state, _ := rolloutState(*t, snap)
-		h := newTable(out)
+		h := &table{tw: tabwriter.NewWriter(out, 0, 0, 1, ' ', 0)}
 		h.row("target:", t.Version)
 		h.row("payload:", t.Payload)
 		h.row("max-unavailable:", strconv.Itoa(t.MaxUnavailable))
-		h.row("group:", groupText(t.Group))
+		h.row("group:", orValue(t.Group, "every node"))
 		h.row("canary:", strconv.Itoa(t.Canary))
 		h.row("window:", windowText(t.Window))
 		h.row("deadline:", t.Deadline().String())
@@ -544,7 +555,7 @@ func cmdOSStatus(ctx context.Context, s *session) error {
 		if t.AutoRevert {
 			revert = ", auto-revert"
 		}
-		h.row("max-failures:", fmt.Sprintf("%d (%d now)%s", t.MaxFailures, len(st.Progress.Failures), revert))
+		h.row("max-failures:", fmt.Sprintf("%d (%d so far)%s", t.MaxFailures, len(st.Progress.Failures), revert))
 		h.row("created:", fmt.Sprintf("%s (%s ago)", t.Created.UTC().Format(time.RFC3339), HumanDuration(now.Sub(t.Created))))
 		h.row("state:", state)
 		p := st.Progress
@@ -582,7 +593,7 @@ func locksText(holders map[string][]rollout.LockValue, now time.Time) string {
 	for _, g := range slices.Sorted(maps.Keys(holders)) {
 		var names []string
 		for _, h := range holders[g] {
-			names = append(names, fmt.Sprintf("%s (%s)", h.Holder, HumanDuration(now.Sub(h.Acquired))))
+			names = append(names, fmt.Sprintf("%s for %s", h.Holder, HumanDuration(now.Sub(h.Acquired))))
 		}
 		if len(names) > 0 {
 			groups = append(groups, g+": "+strings.Join(names, ", "))
