@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-os/berth/agent/rollout"
 	"os"
 	"path/filepath"
 	"strings"
@@ -266,4 +267,76 @@ func TestSelfHealing(t *testing.T) {
 		t.Fatalf("the removed voter after rejoining: readyz %q", got)
 	}
 	t.Logf("whole scenario %s (kill to healed %s)", time.Since(total).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+}
+
+// TestPlannedRebootNotHealed: a voter that holds a reboot slot of an OS
+// rollout is rebooting by plan; self-healing must not remove it however
+// long dead-after is exceeded, until the slot's lease ends.
+func TestPlannedRebootNotHealed(t *testing.T) {
+	c := newLoopbackCluster(t, "127.0.0.51")
+	heal := []string{"--dead-after", healDeadAfter.String()}
+	n := make([]*testNode, 4)
+	for i := 1; i <= 3; i++ {
+		n[i] = c.newNode(fmt.Sprintf("plan-%d", i), fmt.Sprintf("127.0.0.%d", 50+i))
+	}
+	c.start(n[1], append(heal, "--voters", "3")...)
+	c.waitReady(n[1], 20*time.Second)
+	tokenText, err := os.ReadFile(filepath.Join(n[1].dir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	join := append(heal, "--join", n[1].api, "--token", strings.TrimSpace(string(tokenText)))
+	c.start(n[2], join...)
+	c.start(n[3], join...)
+	admin := nodeClient(t, n[1], []string{n[1].client, n[2].client})
+	eventually(t, 30*time.Second, "three voters", func() error {
+		m, err := memberList(admin)
+		if err != nil {
+			return err
+		}
+		if len(m.voters) != 3 {
+			return fmt.Errorf("voters %v", m.voters)
+		}
+		return nil
+	})
+	c.waitReady(n[3], 20*time.Second)
+
+	// plan-3 takes a reboot slot (as its rollout driver does) and goes down.
+	ctx, cancel := ctxT(5 * time.Second)
+	lease, err := admin.Grant(ctx, 60)
+	if err == nil {
+		_, err = admin.Put(ctx, rollout.LockKey(rollout.DefaultGroup, "plan-3"), `{"holder":"plan-3","count":1}`, clientv3.WithLease(lease.ID))
+	}
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.kill(n[3])
+	// Well past TTL + dead-after: still a voter.
+	time.Sleep(testTTL + healDeadAfter + 6*time.Second)
+	m, err := memberList(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.voters["plan-3"]; !ok {
+		t.Fatalf("plan-3 was removed while it held a reboot slot: voters %v", m.voters)
+	}
+	// The slot ends (its lease expires when a node never returns): then
+	// self-healing takes its course.
+	ctx, cancel = ctxT(5 * time.Second)
+	_, err = admin.Revoke(ctx, lease.ID)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, healDeadAfter+10*time.Second, "plan-3 removed after its slot ended", func() error {
+		m, err := memberList(admin)
+		if err != nil {
+			return err
+		}
+		if _, ok := m.voters["plan-3"]; ok {
+			return errors.New("plan-3 still a voter")
+		}
+		return nil
+	})
 }
