@@ -112,7 +112,8 @@ func (s fakeSource) Initrd() (io.ReadCloser, error) { return nil, io.EOF }
 type fleet struct {
 	t       *testing.T
 	cli     *clientv3.Client
-	bad     map[string]bool
+	bad     map[string]bool // versions that fail their health gate
+	badOn   map[string]bool // nodes on which every new version fails
 	dead    map[string]bool // nodes whose reboot never returns
 	mu      sync.Mutex
 	nodes   map[string]*fleetNode
@@ -132,7 +133,7 @@ type fleetNode struct {
 
 func newFleet(t *testing.T, names []string, version string) *fleet {
 	e := etcdtest.Start(t, etcdtest.Options{})
-	f := &fleet{t: t, cli: e.Client(t), bad: map[string]bool{}, dead: map[string]bool{},
+	f := &fleet{t: t, cli: e.Client(t), bad: map[string]bool{}, badOn: map[string]bool{}, dead: map[string]bool{},
 		nodes: map[string]*fleetNode{}, reboots: map[string]int{}, down: map[string]bool{}}
 	for _, n := range names {
 		f.nodes[n] = &fleetNode{os: &fakeOS{booted: version, blessed: true, otherSt: slot.SlotEmpty}}
@@ -232,7 +233,18 @@ func (f *fleet) reboot(name string) {
 		return
 	}
 	time.Sleep(500 * time.Millisecond)
-	n.os.boot(f.bad)
+	bad := map[string]bool{}
+	f.mu.Lock()
+	for v := range f.bad {
+		bad[v] = true
+	}
+	if f.badOn[name] {
+		n.os.mu.Lock()
+		bad[n.os.other] = true
+		n.os.mu.Unlock()
+	}
+	f.mu.Unlock()
+	n.os.boot(bad)
 	f.mu.Lock()
 	f.down[name] = false
 	f.mu.Unlock()
@@ -374,5 +386,30 @@ func TestDriverDeadHolderFreesSlotAndFails(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.reboots["n2"]+f.reboots["n3"] != 0 {
 		t.Errorf("non-canaries rebooted while the canary failed: %v", f.reboots)
+	}
+}
+
+func TestDriverAutoRevert(t *testing.T) {
+	names := []string{"n1", "n2", "n3"}
+	f := newFleet(t, names, "1.0.0")
+	f.badOn["n2"], f.badOn["n3"] = true, true
+	f.wait("idle statuses", 10*time.Second, func(s Snapshot) bool { return len(s.Statuses) == 3 })
+	f.target(Target{Version: "1.1.0", MaxUnavailable: 1, Canary: 1, DeadlineSeconds: 30, AutoRevert: true}, 0)
+	// The canary n1 takes 1.1.0; the next node fails it; the rollout
+	// pauses and n1, which had moved, goes back to 1.0.0.
+	snap := f.wait("n1 reverted", 30*time.Second, func(s Snapshot) bool {
+		st := s.Statuses["n1"]
+		return s.Target.Paused && st.Current == "1.0.0" && Effective(*s.Target, st) == PhaseRolledBack
+	})
+	if r := snap.Statuses["n1"].Reason; !strings.Contains(r, "rollback") {
+		t.Errorf("n1's reason after the revert: %q", r)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.reboots["n1"] != 2 {
+		t.Errorf("n1 rebooted %d times, want 2 (update, revert)", f.reboots["n1"])
+	}
+	if f.reboots["n2"]+f.reboots["n3"] != 1 {
+		t.Errorf("reboots %v: exactly one of n2, n3 should have tried 1.1.0", f.reboots)
 	}
 }

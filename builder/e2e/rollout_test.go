@@ -29,7 +29,7 @@ type rolloutWatch struct {
 	// peakDown is the most nodes seen rebooting or verifying at once,
 	// peakHolders the most holders of the default group's reboot slots.
 	peakDown, peakHolders int
-	downAt               string // a sample with peakDown nodes down
+	downAt                string // a sample with peakDown nodes down
 	// Writes: one every 100 ms with a 3 s timeout; failures are grouped
 	// into runs of consecutive failed writes.
 	writes, failed int

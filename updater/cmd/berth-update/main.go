@@ -93,7 +93,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-
 func cmdApply(ctx context.Context, sys *slot.System, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("apply", flag.ContinueOnError)
 	fs.SetOutput(stderr)
