@@ -290,6 +290,12 @@ func (s System) installSteps(ctx context.Context, p Plan, m payload.Manifest, sr
 	}
 	crashAt("boot-files-written")
 
+	// The entry makes the new OS the next boot: a cancelled apply (the
+	// agent stopping, a rollout aborted) must not get that far, even when
+	// the copies were quick enough to finish without noticing.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	entry := layout.SlotEntry(passive, p.Version, p.PartUUID, m.Cmdline)
 	if err := writeFileAtomic(filepath.Join(s.entriesDir(), p.Entry), entry.Render(), 0o644); err != nil {
 		return fmt.Errorf("write boot entry %s: %w", p.Entry, err)
