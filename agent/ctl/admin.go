@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/state"
 )
@@ -117,46 +119,64 @@ func cmdImagePush(ctx context.Context, s *session) error {
 	if err != nil {
 		return fail(ExitUsage, "read %s: %v (want a docker save tarball)", file, err)
 	}
-	client, err := s.apiClient()
+	if _, err := name.ParseReference(rollout.LocalRegistryHost + "/" + target); err != nil {
+		return fail(ExitUsage, "%s: %v (want REPO:TAG)", target, err)
+	}
+	n, err := pushToCluster(ctx, s, target, func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		return remote.Write(ref, img, remote.WithContext(pctx), remote.WithTransport(rt))
+	})
 	if err != nil {
 		return err
+	}
+	digest, _ := img.Digest()
+	fmt.Fprintf(s.sys.Stdout, "pushed %s to node %s's registry: use image berth.local/%s@%s\n", file, n, repoOf(target), digest)
+	return nil
+}
+
+// pushToCluster stores an image as target (REPO:TAG) in the cluster
+// registry: push uploads it to one node's reference, tried on the nodes in
+// name order until one registry takes it (the others fetch it from that
+// one when asked). It returns that node, or the last node's error.
+func pushToCluster(ctx context.Context, s *session, target string, push func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error) (string, error) {
+	client, err := s.apiClient()
+	if err != nil {
+		return "", err
 	}
 	apis, err := nodeAPIs(ctx, s)
 	if err != nil {
-		return err
+		return "", err
 	}
-	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range apis {
-			if !yield(n) {
-				return
-			}
-		}
-	})
+	names := slices.Sorted(maps.Keys(apis))
 	if len(names) == 0 {
-		return fail(ExitError, "no agent API address is known in the cluster")
+		return "", fail(ExitError, "no agent API address is known in the cluster: nowhere to push to")
 	}
 	var lastErr error
-	for _, n := range names {
+	for i, n := range names {
+		if i > 0 && lastErr != nil {
+			fmt.Fprintf(s.sys.Stderr, "berthctl: %s; trying node %s\n", oneLine(lastErr.Error()), n)
+		}
 		u, err := url.Parse(apis[n])
-		if err != nil {
+		if err != nil || u.Host == "" {
+			lastErr = fmt.Errorf("node %s has a bad API URL %q", n, apis[n])
 			continue
 		}
 		ref, err := name.ParseReference(u.Host + "/" + target)
 		if err != nil {
-			return fail(ExitUsage, "%s: %v (want REPO:TAG)", target, err)
+			lastErr = fmt.Errorf("node %s: %w", n, err)
+			continue
 		}
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		err = remote.Write(ref, img, remote.WithContext(pctx), remote.WithTransport(client.Transport))
-		cancel()
-		if err != nil {
+		if err := push(ctx, n, ref, client.Transport); err != nil {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
 			lastErr = fmt.Errorf("push to node %s: %w", n, err)
 			continue
 		}
-		digest, _ := img.Digest()
-		fmt.Fprintf(s.sys.Stdout, "pushed %s to node %s's registry: use image berth.local/%s@%s\n", file, n, repoOf(target), digest)
-		return nil
+		return n, nil
 	}
-	return lastErr
+	return "", lastErr
 }
 
 func repoOf(target string) string {

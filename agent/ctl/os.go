@@ -145,53 +145,27 @@ func cmdOSPush(ctx context.Context, s *session) error {
 	if err := checkPayloadTag(version); err != nil {
 		return err
 	}
-	client, err := s.apiClient()
+	n, err := pushToCluster(ctx, s, rollout.PayloadRepo+":"+version, func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error {
+		return pushWithProgress(ctx, s.sys.Stderr, node, ref, local.Image, rt)
+	})
 	if err != nil {
-		return err
-	}
-	apis, err := nodeAPIs(ctx, s)
-	if err != nil {
-		return err
-	}
-	names := slices.Sorted(maps.Keys(apis))
-	if len(names) == 0 {
-		return fail(ExitError, "no agent API address is known in the cluster: nowhere to push to")
-	}
-	var lastErr error
-	for i, n := range names {
-		u, err := url.Parse(apis[n])
-		if err != nil || u.Host == "" {
-			lastErr = fmt.Errorf("node %s has a bad API URL %q", n, apis[n])
-			continue
+		var exit *exitError
+		if errors.As(err, &exit) || ctx.Err() != nil {
+			return err
 		}
-		ref, err := name.ParseReference(u.Host + "/" + rollout.PayloadRepo + ":" + version)
-		if err != nil {
-			lastErr = fmt.Errorf("node %s: %w", n, err)
-			continue
-		}
-		if err := pushWithProgress(ctx, s.sys.Stderr, n, ref, local.Image, client.Transport); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			lastErr = fmt.Errorf("push to node %s: %w", n, err)
-			if i < len(names)-1 {
-				fmt.Fprintf(s.sys.Stderr, "berthctl: %s; trying node %s\n", oneLine(lastErr.Error()), names[i+1])
-			}
-			continue
-		}
-		signature := "signature not checked here (no --keys): every node verifies it before installing"
-		if local.Verified {
-			signature = fmt.Sprintf("signature verified with the keys in %s", s.opts.os.keys)
-		}
-		out := s.sys.Stdout
-		fmt.Fprintf(out, "pushed %s (%s, %d bytes) to node %s's registry\n", file, mebibytes(local.Size), local.Size, n)
-		fmt.Fprintf(out, "version:   %s (%s %s, %s)\n", version, local.Manifest.OS, local.Manifest.Arch, signature)
-		fmt.Fprintf(out, "digest:    %s\n", local.Digest)
-		fmt.Fprintf(out, "reference: %s\n", rollout.DefaultPayload(version))
-		fmt.Fprintf(out, "roll it out with: berthctl os rollout %s\n", version)
-		return nil
+		return fail(ExitError, "push payload %s: no node's registry took it: %v", version, err)
 	}
-	return fail(ExitError, "push payload %s: no node's registry took it: %v", version, lastErr)
+	signature := "signature not checked here (no --keys): every node verifies it before installing"
+	if local.Verified {
+		signature = fmt.Sprintf("signature verified with the keys in %s", s.opts.os.keys)
+	}
+	out := s.sys.Stdout
+	fmt.Fprintf(out, "pushed %s (%s, %d bytes) to node %s's registry\n", file, mebibytes(local.Size), local.Size, n)
+	fmt.Fprintf(out, "version:   %s (%s %s, %s)\n", version, local.Manifest.OS, local.Manifest.Arch, signature)
+	fmt.Fprintf(out, "digest:    %s\n", local.Digest)
+	fmt.Fprintf(out, "reference: %s\n", rollout.DefaultPayload(version))
+	fmt.Fprintf(out, "roll it out with: berthctl os rollout %s\n", version)
+	return nil
 }
 
 // pushWithProgress uploads img to ref, printing to w at most one progress
