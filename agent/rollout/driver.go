@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -121,22 +122,10 @@ func (d *Driver) Run(ctx context.Context, cli *clientv3.Client) error {
 		case err != nil && ctx.Err() == nil:
 			d.o.Log.Warn("rollout step failed", "err", err)
 		}
-		timer := time.NewTimer(d.o.Interval)
-		select {
-		case <-ctx.Done():
-			cancel()
-			timer.Stop()
-			return nil
-		case <-wch:
-		case <-timer.C:
-		}
+		err = waitForChange(ctx, wch, d.o.Interval, nil)
 		cancel()
-		timer.Stop()
-		// Coalesce a burst of changes (other nodes' statuses).
-		select {
-		case <-ctx.Done():
+		if err != nil {
 			return nil
-		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -229,19 +218,7 @@ func (d *Driver) put(ctx context.Context, s NodeStatus) error {
 func sameStatus(a, b NodeStatus) bool {
 	return a.Schema == b.Schema && a.Node == b.Node && a.Group == b.Group && a.Target == b.Target &&
 		a.Phase == b.Phase && a.Reason == b.Reason && a.Current == b.Current && a.Previous == b.Previous &&
-		a.Staged == b.Staged && a.Since.Equal(b.Since) && a.BootID == b.BootID && mapsEqual(a.Seconds, b.Seconds)
-}
-
-func mapsEqual(a, b map[string]float64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
+		a.Staged == b.Staged && a.Since.Equal(b.Since) && a.BootID == b.BootID && maps.Equal(a.Seconds, b.Seconds)
 }
 
 // enter sets a new phase, keeping Since when the phase does not change.
@@ -556,9 +533,9 @@ func (d *Driver) returned(ctx context.Context, snap Snapshot, own, cur NodeStatu
 }
 
 func addSecond(m map[string]float64, k string, d time.Duration) map[string]float64 {
-	out := make(map[string]float64, len(m)+1)
-	for kk, v := range m {
-		out[kk] = v
+	out := maps.Clone(m)
+	if out == nil {
+		out = map[string]float64{}
 	}
 	out[k] = round1(d)
 	return out

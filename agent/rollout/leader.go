@@ -27,6 +27,36 @@ type Leader struct {
 	Log      *slog.Logger
 }
 
+// errSessionLost ends a term of leadership: the election key is gone.
+var errSessionLost = errors.New("rollout leader session lost")
+
+// settle lets a burst of changes (many nodes' statuses at once) arrive
+// before the next look at the state.
+const settle = 200 * time.Millisecond
+
+// waitForChange waits for an event on wch (a watch of Prefix started
+// before the last read, so no change in between is missed), the interval,
+// ctx's end or lost closing, then lets a burst of changes settle. It
+// returns ctx's error, errSessionLost, or nil for another round.
+func waitForChange(ctx context.Context, wch clientv3.WatchChan, interval time.Duration, lost <-chan struct{}) error {
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-lost:
+		return errSessionLost
+	case <-wch:
+	case <-timer.C:
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(settle):
+		return nil
+	}
+}
+
 // Run is an agent service.
 func (l *Leader) Run(ctx context.Context, cli *clientv3.Client) error {
 	if l.Interval <= 0 {
@@ -73,24 +103,14 @@ func (l *Leader) lead(ctx context.Context, cli *clientv3.Client) error {
 		if err != nil && !errors.Is(err, ErrConflict) && ctx.Err() == nil {
 			l.Log.Warn("rollout leader: evaluate", "err", err)
 		}
-		timer := time.NewTimer(l.Interval)
-		lost := false
-		select {
-		case <-ctx.Done():
-		case <-s.Done():
-			lost = true
-		case <-wch:
-		case <-timer.C:
-		}
+		err = waitForChange(ctx, wch, l.Interval, s.Done())
 		cancel()
-		timer.Stop()
 		if ctx.Err() != nil {
 			return nil
 		}
-		if lost {
-			return errors.New("rollout leader session lost")
+		if err != nil {
+			return err
 		}
-		time.Sleep(200 * time.Millisecond) // coalesce bursts
 	}
 }
 
