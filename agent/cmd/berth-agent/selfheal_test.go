@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"github.com/berth-os/berth/agent/rollout"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -66,6 +65,19 @@ func roleOf(cli *clientv3.Client, name string) (state.RoleEntry, error) {
 	return e, err
 }
 
+// startHealingVoters starts n[1] as the bootstrap node of three voters and
+// n[2], n[3] joining it, all removing dead members after healDeadAfter, and
+// returns the flags that join one more node the same way.
+func startHealingVoters(c *testCluster, n []*testNode) []string {
+	heal := []string{"--dead-after", healDeadAfter.String()} // the last flag wins
+	c.start(n[1], append(heal, "--voters", "3")...)
+	c.waitReady(n[1], 20*time.Second)
+	join := append(heal, "--join", n[1].api, "--token", c.token(n[1]))
+	c.start(n[2], join...)
+	c.start(n[3], join...)
+	return join
+}
+
 // TestSelfHealing: three voters and one client; one voter is SIGKILLed and
 // never comes back. The leader's agent removes it after dead-after, asks
 // the client to become a member, the client joins as a learner and is
@@ -73,21 +85,11 @@ func roleOf(cli *clientv3.Client, name string) (state.RoleEntry, error) {
 func TestSelfHealing(t *testing.T) {
 	total := time.Now()
 	c := newLoopbackCluster(t, "127.0.0.21")
-	heal := []string{"--dead-after", healDeadAfter.String()} // the last flag wins
 	n := make([]*testNode, 5)
 	for i := 1; i <= 4; i++ {
 		n[i] = c.newNode(fmt.Sprintf("heal-%d", i), fmt.Sprintf("127.0.0.%d", 20+i))
 	}
-
-	c.start(n[1], append(heal, "--voters", "3")...)
-	c.waitReady(n[1], 20*time.Second)
-	tokenText, err := os.ReadFile(filepath.Join(n[1].dir, "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	join := append(heal, "--join", n[1].api, "--token", strings.TrimSpace(string(tokenText)))
-	c.start(n[2], join...)
-	c.start(n[3], join...)
+	join := startHealingVoters(c, n)
 	admin := nodeClient(t, n[1], []string{n[1].client, n[2].client, n[3].client})
 	eventually(t, 30*time.Second, "three voters", func() error {
 		m, err := memberList(admin)
@@ -277,20 +279,11 @@ func TestSelfHealing(t *testing.T) {
 // long dead-after is exceeded, until the slot's lease ends.
 func TestPlannedRebootNotHealed(t *testing.T) {
 	c := newLoopbackCluster(t, "127.0.0.51")
-	heal := []string{"--dead-after", healDeadAfter.String()}
 	n := make([]*testNode, 4)
 	for i := 1; i <= 3; i++ {
 		n[i] = c.newNode(fmt.Sprintf("plan-%d", i), fmt.Sprintf("127.0.0.%d", 50+i))
 	}
-	c.start(n[1], append(heal, "--voters", "3")...)
-	c.waitReady(n[1], 20*time.Second)
-	tokenText, err := os.ReadFile(filepath.Join(n[1].dir, "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	join := append(heal, "--join", n[1].api, "--token", strings.TrimSpace(string(tokenText)))
-	c.start(n[2], join...)
-	c.start(n[3], join...)
+	startHealingVoters(c, n)
 	admin := nodeClient(t, n[1], []string{n[1].client, n[2].client})
 	eventually(t, 30*time.Second, "three voters", func() error {
 		m, err := memberList(admin)
