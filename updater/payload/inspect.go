@@ -2,7 +2,6 @@ package payload
 
 import (
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,23 +43,17 @@ func OpenLocal(source string, keys []ed25519.PublicKey) (*Local, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open payload %s: %w", source, err)
 	}
-	l := &Local{Source: source, Digest: sha256Hash(raw)}
-	if len(keys) > 0 {
-		p, err := verifyPayload(store, raw, keys)
-		if err != nil {
-			return nil, fmt.Errorf("open payload %s: %w", source, err)
-		}
-		l.Manifest, l.Verified = p.Manifest, true
-	} else if l.Manifest, err = readUnverified(store, raw); err != nil {
+	l := &Local{Source: source, Digest: sha256Hash(raw), Verified: len(keys) > 0}
+	manifestOf := func(env *Envelope) (Manifest, error) { return ParseManifest(env.Manifest) }
+	if l.Verified {
+		manifestOf = func(env *Envelope) (Manifest, error) { return env.Verify(keys) }
+	}
+	c, err := checkPayload(store, raw, manifestOf)
+	if err != nil {
 		return nil, fmt.Errorf("open payload %s: %w", source, err)
 	}
-	img := &storedImage{raw: raw, store: store, parts: map[v1.Hash]storedPart{}}
-	if err := json.Unmarshal(raw, &img.manifest); err != nil {
-		return nil, fmt.Errorf("open payload %s: OCI manifest: %w", source, err) // checked above already
-	}
-	if img.envelope, err = readBlob(store, img.manifest.Config); err != nil {
-		return nil, fmt.Errorf("open payload %s: envelope: %w", source, err)
-	}
+	l.Manifest = c.manifest
+	img := &storedImage{raw: raw, manifest: c.oci, envelope: c.envelope, store: store, parts: map[v1.Hash]storedPart{}}
 	l.Size = int64(len(raw)) + img.manifest.Config.Size
 	for i, b := range l.Manifest.blobs() {
 		d := img.manifest.Layers[i]
@@ -96,50 +89,6 @@ func resolveLocal(source string) (blobStore, []byte, error) {
 		return nil, nil, fmt.Errorf("%s: no such file or directory", p)
 	}
 	return openLayoutSource(source, !st.IsDir())
-}
-
-// readUnverified reads the signed manifest without checking its signature
-// and checks that the OCI manifest's layers are the parts it names.
-func readUnverified(store blobStore, raw []byte) (Manifest, error) {
-	var om v1.Manifest
-	if err := json.Unmarshal(raw, &om); err != nil {
-		return Manifest{}, fmt.Errorf("OCI manifest: %w", err)
-	}
-	if om.SchemaVersion != 2 || om.MediaType != types.OCIManifestSchema1 {
-		return Manifest{}, fmt.Errorf("not an OCI image manifest (schemaVersion %d, mediaType %q)", om.SchemaVersion, truncate(string(om.MediaType)))
-	}
-	if om.Config.MediaType != EnvelopeType {
-		return Manifest{}, fmt.Errorf("not a berth payload: config media type is %q, want %s", truncate(string(om.Config.MediaType)), EnvelopeType)
-	}
-	if om.ArtifactType != "" && om.ArtifactType != ArtifactType {
-		return Manifest{}, fmt.Errorf("not a berth payload: artifact type is %q, want %s", truncate(om.ArtifactType), ArtifactType)
-	}
-	if om.Config.Size <= 0 || om.Config.Size > maxEnvelope {
-		return Manifest{}, fmt.Errorf("payload envelope: size %d is outside 1..%d", om.Config.Size, maxEnvelope)
-	}
-	envData, err := readBlob(store, om.Config)
-	if err != nil {
-		return Manifest{}, fmt.Errorf("payload envelope: %w", err)
-	}
-	env, err := ParseEnvelope(envData)
-	if err != nil {
-		return Manifest{}, err
-	}
-	m, err := ParseManifest(env.Manifest)
-	if err != nil {
-		return Manifest{}, err
-	}
-	if len(om.Layers) != len(payloadParts) {
-		return Manifest{}, fmt.Errorf("OCI manifest has %d layers, want %d (slot, kernel, initrd)", len(om.Layers), len(payloadParts))
-	}
-	for i, b := range m.blobs() {
-		d := om.Layers[i]
-		if string(d.MediaType) != payloadParts[i].mediaType || d.Digest.Algorithm != "sha256" || d.Digest.Hex != b.SHA256 || d.Size != b.Size {
-			return Manifest{}, fmt.Errorf("%s layer is %s (%d bytes, %s), but the signed manifest says sha256:%s (%d bytes, %s)",
-				payloadParts[i].name, d.Digest, d.Size, truncate(string(d.MediaType)), b.SHA256, b.Size, payloadParts[i].mediaType)
-		}
-	}
-	return m, nil
 }
 
 // storedImage is a payload in a layout as go-containerregistry sees it:

@@ -102,50 +102,70 @@ func Open(ctx context.Context, source string, keys []ed25519.PublicKey, opts ...
 // verifyPayload checks an OCI manifest, reads and verifies its envelope,
 // and matches the layers against the signed manifest.
 func verifyPayload(store blobStore, rawManifest []byte, keys []ed25519.PublicKey) (*Payload, error) {
-	var om v1.Manifest
-	if err := json.Unmarshal(rawManifest, &om); err != nil {
-		return nil, fmt.Errorf("OCI manifest: %w", err)
+	c, err := checkPayload(store, rawManifest, func(env *Envelope) (Manifest, error) { return env.Verify(keys) })
+	if err != nil {
+		return nil, err
+	}
+	p := &Payload{Manifest: c.manifest, store: store}
+	copy(p.layers[:], c.oci.Layers)
+	return p, nil
+}
+
+// checkedPayload is a payload's OCI manifest whose form, envelope and
+// layers were checked against the signed manifest in the envelope.
+type checkedPayload struct {
+	oci      v1.Manifest
+	envelope []byte
+	manifest Manifest
+}
+
+// checkPayload checks an OCI manifest, reads its envelope, takes the
+// signed manifest out of it with manifestOf (which verifies the signature,
+// or, for `berthctl os push` without keys, only parses it) and matches the
+// layers against it.
+func checkPayload(store blobStore, rawManifest []byte, manifestOf func(*Envelope) (Manifest, error)) (checkedPayload, error) {
+	var c checkedPayload
+	om := &c.oci
+	if err := json.Unmarshal(rawManifest, om); err != nil {
+		return c, fmt.Errorf("OCI manifest: %w", err)
 	}
 	if om.SchemaVersion != 2 || om.MediaType != types.OCIManifestSchema1 {
-		return nil, fmt.Errorf("not an OCI image manifest (schemaVersion %d, mediaType %q)", om.SchemaVersion, truncate(string(om.MediaType)))
+		return c, fmt.Errorf("not an OCI image manifest (schemaVersion %d, mediaType %q)", om.SchemaVersion, truncate(string(om.MediaType)))
 	}
 	if om.Config.MediaType != EnvelopeType {
-		return nil, fmt.Errorf("not a berth payload: config media type is %q, want %s", truncate(string(om.Config.MediaType)), EnvelopeType)
+		return c, fmt.Errorf("not a berth payload: config media type is %q, want %s", truncate(string(om.Config.MediaType)), EnvelopeType)
 	}
 	if om.ArtifactType != "" && om.ArtifactType != ArtifactType {
-		return nil, fmt.Errorf("not a berth payload: artifact type is %q, want %s", truncate(om.ArtifactType), ArtifactType)
+		return c, fmt.Errorf("not a berth payload: artifact type is %q, want %s", truncate(om.ArtifactType), ArtifactType)
 	}
 	if om.Config.Size <= 0 || om.Config.Size > maxEnvelope {
-		return nil, fmt.Errorf("payload envelope: size %d is outside 1..%d", om.Config.Size, maxEnvelope)
+		return c, fmt.Errorf("payload envelope: size %d is outside 1..%d", om.Config.Size, maxEnvelope)
 	}
-	envData, err := readBlob(store, om.Config)
+	var err error
+	if c.envelope, err = readBlob(store, om.Config); err != nil {
+		return c, fmt.Errorf("payload envelope: %w", err)
+	}
+	env, err := ParseEnvelope(c.envelope)
 	if err != nil {
-		return nil, fmt.Errorf("payload envelope: %w", err)
+		return c, err
 	}
-	env, err := ParseEnvelope(envData)
-	if err != nil {
-		return nil, err
+	if c.manifest, err = manifestOf(env); err != nil {
+		return c, err
 	}
-	m, err := env.Verify(keys)
-	if err != nil {
-		return nil, err
-	}
-	p := &Payload{Manifest: m, store: store}
 	if len(om.Layers) != len(payloadParts) {
-		return nil, fmt.Errorf("OCI manifest has %d layers, want %d (slot, kernel, initrd)", len(om.Layers), len(payloadParts))
+		return c, fmt.Errorf("OCI manifest has %d layers, want %d (slot, kernel, initrd)", len(om.Layers), len(payloadParts))
 	}
-	for i, b := range m.blobs() {
+	for i, b := range c.manifest.blobs() {
 		d, want := om.Layers[i], payloadParts[i]
 		if string(d.MediaType) != want.mediaType {
-			return nil, fmt.Errorf("layer %d has media type %q, want %s", i+1, truncate(string(d.MediaType)), want.mediaType)
+			return c, fmt.Errorf("layer %d has media type %q, want %s", i+1, truncate(string(d.MediaType)), want.mediaType)
 		}
 		if d.Digest.Algorithm != "sha256" || d.Digest.Hex != b.SHA256 || d.Size != b.Size {
-			return nil, fmt.Errorf("%s layer is %s (%d bytes), but the signed manifest says sha256:%s (%d bytes)",
+			return c, fmt.Errorf("%s layer is %s (%d bytes), but the signed manifest says sha256:%s (%d bytes)",
 				want.name, d.Digest, d.Size, b.SHA256, b.Size)
 		}
-		p.layers[i] = d
 	}
-	return p, nil
+	return c, nil
 }
 
 // readBlob reads a small blob whole and checks it against its descriptor.
