@@ -69,6 +69,7 @@ type Driver struct {
 	bootID  string
 	last    NodeStatus // last status written, to skip identical writes
 	snap    Snapshot   // read at the start of the current step
+	started time.Time  // when Run started (in this boot)
 	retryAt time.Time  // no download before this (after a failed one)
 	fails   int
 }
@@ -107,7 +108,7 @@ func (d *Driver) Run(ctx context.Context, cli *clientv3.Client) error {
 	if err != nil {
 		return fmt.Errorf("rollout driver: %w", err)
 	}
-	d.bootID = id
+	d.bootID, d.started = id, d.o.Now()
 	for {
 		// Watch before reading, so no change between the two is missed.
 		wctx, cancel := context.WithCancel(ctx)
@@ -519,9 +520,11 @@ func (d *Driver) returned(ctx context.Context, snap Snapshot, own, cur NodeStatu
 		reason := fmt.Sprintf("booted %s again instead of %s", st.Booted.Version, own.Target)
 		if rec != nil && rec.State == slot.UpdateRolledBack && rec.Version == own.Target {
 			reason = rec.Reason
-		} else if own.Phase != PhaseFailed && now.Sub(own.Since) < 2*time.Minute {
+		} else if own.Phase != PhaseFailed && now.Sub(d.started) < 2*time.Minute {
 			// The health gate records the rollback early at boot; give
-			// it the time to, for the reason it gives.
+			// it the time to, for the reason it gives. Counted from this
+			// agent's start: own.Since may be minutes old (the failed
+			// boots of the new version were "verifying" since the first).
 			cur.Phase = own.Phase
 			return d.put(ctx, cur)
 		}

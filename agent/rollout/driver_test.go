@@ -413,3 +413,54 @@ func TestDriverAutoRevert(t *testing.T) {
 		t.Errorf("reboots %v: exactly one of n2, n3 should have tried 1.1.0", f.reboots)
 	}
 }
+
+// A node back on its old OS after failed boots of the new one, whose
+// health gate has not recorded the rollback yet, waits for that record
+// (and its reason) even when its status is minutes old.
+func TestDriverWaitsForRollbackReason(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	tg := Target{Schema: TargetSchema, Version: "2.0.0", Payload: DefaultPayload("2.0.0"), MaxUnavailable: 1, Created: time.Now().UTC()}
+	if err := PutTarget(ctx, cli, tg, 0); err != nil {
+		t.Fatal(err)
+	}
+	old := NodeStatus{Schema: StatusSchema, Node: "n1", Group: DefaultGroup, Target: "2.0.0", Phase: PhaseVerifying,
+		Current: "2.0.0", BootID: "boot-of-2.0.0", Since: time.Now().Add(-10 * time.Minute).UTC()}
+	if err := PutStatus(ctx, cli, old); err != nil {
+		t.Fatal(err)
+	}
+	disk := &fakeOS{booted: "1.0.0", blessed: true, other: "2.0.0", otherSt: slot.SlotBad,
+		last: &slot.Result{State: slot.UpdateBooted, Version: "2.0.0"}}
+	d, err := NewDriver(DriverOptions{Node: "n1", Updater: disk,
+		Download: func(context.Context, string) (int64, error) { return 0, nil },
+		Open:     func(context.Context, string) (slot.Source, error) { return nil, fmt.Errorf("unused") },
+		Reboot:   func(context.Context) error { return nil },
+		BootID:   func() (string, error) { return "boot-of-1.0.0", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cli, d.bootID, d.started = cli, "boot-of-1.0.0", time.Now()
+	if err := d.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := Load(ctx, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := snap.Statuses["n1"].Phase; p != PhaseVerifying {
+		t.Fatalf("phase %s before the gate recorded the rollback, want verifying (waiting for its reason)", p)
+	}
+	disk.mu.Lock()
+	disk.last = &slot.Result{State: slot.UpdateRolledBack, Version: "2.0.0", Reason: "rolled back from 2.0.0 to 1.0.0: disk on fire"}
+	disk.mu.Unlock()
+	if err := d.step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if snap, err = Load(ctx, cli); err != nil {
+		t.Fatal(err)
+	}
+	if s := snap.Statuses["n1"]; s.Phase != PhaseRolledBack || !strings.Contains(s.Reason, "disk on fire") {
+		t.Errorf("after the record: %+v", s)
+	}
+}
