@@ -60,6 +60,7 @@ type ClusterConfig struct {
 	MemoryMiB int    // per VM; default 768
 	CPUs      int    // per VM; default 1
 	DiskBytes int64  // each overlay's size; default 3 GiB
+	Accel     Accel  // default: DetectAccel's, decided once at creation
 }
 
 // Cluster is a created cluster; its exported fields are saved as
@@ -72,6 +73,7 @@ type Cluster struct {
 	Secret    string         `json:"secret"` // the agents' join secret (32 hex)
 	MemoryMiB int            `json:"memory_mib"`
 	CPUs      int            `json:"cpus"`
+	Accel     Accel          `json:"accel"` // kvm or tcg, for every boot of every node
 	Nodes     []*ClusterNode `json:"nodes"`
 }
 
@@ -149,6 +151,10 @@ func CreateCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	accel, err := resolveAccel(cfg.Accel)
+	if err != nil {
+		return nil, err
+	}
 	netns := netnsPrefix + cfg.Name
 	if _, err := os.Stat(filepath.Join("/var/run/netns", netns)); err == nil {
 		return nil, fmt.Errorf("network namespace %s exists: a cluster %q is up (berth-build cluster down --name %s removes it)", netns, cfg.Name, cfg.Name)
@@ -162,7 +168,7 @@ func CreateCluster(cfg ClusterConfig) (*Cluster, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, err
 	}
-	c := &Cluster{Name: cfg.Name, Netns: netns, Dir: dir, Image: image, MemoryMiB: cfg.MemoryMiB, CPUs: cfg.CPUs}
+	c := &Cluster{Name: cfg.Name, Netns: netns, Dir: dir, Image: image, MemoryMiB: cfg.MemoryMiB, CPUs: cfg.CPUs, Accel: accel}
 	if c.MemoryMiB == 0 {
 		c.MemoryMiB = 768
 	}
@@ -312,7 +318,7 @@ func (c *Cluster) Start(i int) error {
 	}
 	cfg := Config{
 		Disk: n.Disk(), MemoryMiB: c.MemoryMiB, CPUs: c.CPUs, StateDir: n.Dir,
-		Tap: n.Tap, MAC: n.MAC, SerialLog: n.SerialLog(),
+		Tap: n.Tap, MAC: n.MAC, SerialLog: n.SerialLog(), Accel: c.Accel,
 		ExtraArgs: []string{
 			"-drive", "if=virtio,format=raw,file=" + n.Seed(),
 			"-name", c.Netns + "-" + n.Name,
@@ -482,7 +488,11 @@ func (c *Cluster) WaitForLine(i int, re *regexp.Regexp, timeout time.Duration) (
 			return m, nil
 		}
 		if !alive {
-			return "", fmt.Errorf("%s: qemu is not running, and its console did not show %q", n.Name, re)
+			return "", fmt.Errorf("%s: qemu is not running, and its console did not show %q; console's last lines:\n%s", n.Name, re, lastLines(text, 15))
+		}
+		// A guest that died under KVM stays paused in qemu: fail now.
+		if strings.Contains(text, kvmFailure) {
+			return "", fmt.Errorf("%s: the guest died under KVM (create the cluster with %s=tcg or --accel tcg); console's last lines:\n%s", n.Name, AccelEnv, lastLines(text, 15))
 		}
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("%s: timed out after %s waiting for %q on the console", n.Name, timeout, re)
@@ -492,13 +502,7 @@ func (c *Cluster) WaitForLine(i int, re *regexp.Regexp, timeout time.Duration) (
 }
 
 // Tail is the last lines of node i's console since its last Start.
-func (c *Cluster) Tail(i, lines int) string {
-	all := strings.Split(strings.TrimRight(c.Console(i), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
-}
+func (c *Cluster) Tail(i, lines int) string { return lastLines(c.Console(i), lines) }
 
 // Down kills every VM and removes the network namespace (with its bridge
 // and taps) and the cluster's directory (overlays, seeds, logs).

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,16 +52,8 @@ type Config struct {
 	SerialLog     string
 	ConsoleSocket string
 	ExtraArgs     []string
-}
-
-// KVM reports whether hardware virtualisation is usable here.
-func KVM() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
+	// Accel is the accelerator; AccelAuto (empty) takes DetectAccel's.
+	Accel Accel
 }
 
 func firstExisting(paths []string) string {
@@ -93,13 +86,13 @@ func Args(c Config) ([]string, error) {
 	}
 	varsCopy := filepath.Join(c.StateDir, "OVMF_VARS.fd")
 	if _, err := os.Stat(varsCopy); err != nil {
-		data, err := os.ReadFile(vars)
-		if err != nil {
+		if err := copyFile(vars, varsCopy); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(varsCopy, data, 0o644); err != nil {
-			return nil, err
-		}
+	}
+	accel, err := resolveAccel(c.Accel)
+	if err != nil {
+		return nil, err
 	}
 	if c.MemoryMiB == 0 {
 		c.MemoryMiB = 1024
@@ -118,7 +111,7 @@ func Args(c Config) ([]string, error) {
 		"-drive", "if=virtio,format=" + format + ",file=" + c.Disk,
 		"-display", "none", "-vga", "none",
 	}
-	if KVM() {
+	if accel == AccelKVM {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
 		args = append(args, "-accel", "tcg")
@@ -225,12 +218,18 @@ func (vm *VM) WaitFor(re *regexp.Regexp, timeout time.Duration) (string, error) 
 	vm.mu.Lock()
 	defer vm.mu.Unlock()
 	for {
-		if m := re.FindString(vm.out.String()); m != "" {
+		out := vm.out.String()
+		if m := re.FindString(out); m != "" {
 			return m, nil
+		}
+		// A guest that died under KVM stays paused in qemu: fail now
+		// rather than at the timeout.
+		if strings.Contains(out, kvmFailure) {
+			return "", fmt.Errorf("the guest died under KVM (set %s=tcg to use software emulation); console's last lines:\n%s", AccelEnv, lastLines(out, 15))
 		}
 		select {
 		case <-vm.done:
-			return "", fmt.Errorf("qemu exited before the console showed %q", re)
+			return "", fmt.Errorf("qemu exited (%v) before the console showed %q; console's last lines:\n%s", vm.err, re, lastLines(out, 15))
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -238,6 +237,15 @@ func (vm *VM) WaitFor(re *regexp.Regexp, timeout time.Duration) (string, error) 
 		}
 		vm.cond.Wait()
 	}
+}
+
+// lastLines is the end of a console's output.
+func lastLines(text string, n int) string {
+	all := strings.Split(strings.TrimRight(text, "\r\n"), "\n")
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	return strings.Join(all, "\n")
 }
 
 // Wait waits for qemu to exit, killing it after timeout.

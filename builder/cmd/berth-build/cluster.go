@@ -33,7 +33,9 @@ berth-cl-NAME, bridge 10.240.0.1/24 and fd00:240::1/64, node N at
 Flags (all commands): --name NAME (default dev), --dir DIR (default
 ` + qemu.DefaultClusterRoot + `/NAME), --berthctl PATH (default: beside berth-build)
 Flags of up: --image IMAGE (required), -n N (default 3), -m MiB (768),
---timeout DURATION (20m)
+--timeout DURATION (20m), --accel kvm|tcg|auto (default auto, or
+$BERTH_ACCEL: KVM when a guest really runs under it, else software
+emulation; the choice is kept for every later boot of the cluster)
 `
 
 func cmdCluster(args []string, stdout, stderr io.Writer) int {
@@ -56,6 +58,7 @@ func cmdCluster(args []string, stdout, stderr io.Writer) int {
 	nodes := fs.Int("n", 3, "number of `nodes` (1-9)")
 	mem := fs.Int("m", 768, "memory per VM in `MiB`")
 	timeout := fs.Duration("timeout", 20*time.Minute, "how long up waits for the cluster")
+	accelFlag := fs.String("accel", "", "qemu `accelerator`: kvm, tcg or auto (default auto or $"+qemu.AccelEnv+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -75,7 +78,12 @@ func cmdCluster(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "berth-build cluster up: --image is required (make image builds one in out/)")
 			return 2
 		}
-		return clusterUp(qemu.ClusterConfig{Name: *name, Image: *image, Nodes: *nodes, Dir: *dir, MemoryMiB: *mem}, *berthctl, *timeout, stdout, stderr)
+		accel, err := qemu.ParseAccel(*accelFlag)
+		if err != nil {
+			fmt.Fprintf(stderr, "berth-build cluster up: --accel: %v\n", err)
+			return 2
+		}
+		return clusterUp(qemu.ClusterConfig{Name: *name, Image: *image, Nodes: *nodes, Dir: *dir, MemoryMiB: *mem, Accel: accel}, *berthctl, *timeout, stdout, stderr)
 	case "down":
 		if err := qemu.DestroyCluster(*name, *dir); err != nil {
 			fmt.Fprintf(stderr, "berth-build cluster down: %v\n", err)
@@ -118,7 +126,7 @@ func clusterUp(cfg qemu.ClusterConfig, berthctl string, timeout time.Duration, s
 		fmt.Fprintf(stderr, "berth-build cluster up: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "cluster %s: %d nodes in namespace %s, state in %s\n", c.Name, len(c.Nodes), c.Netns, c.Dir)
+	fmt.Fprintf(stdout, "cluster %s: %d nodes in namespace %s, state in %s, accelerator %s\n", c.Name, len(c.Nodes), c.Netns, c.Dir, c.Accel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -128,7 +136,7 @@ func clusterUp(cfg qemu.ClusterConfig, berthctl string, timeout time.Duration, s
 		for i, n := range c.Nodes {
 			fmt.Fprintf(stderr, "--- %s console (last lines; all in %s)\n%s\n", n.Name, n.SerialLog(), c.Tail(i+1, 15))
 		}
-		fmt.Fprintf(stderr, "the cluster is left as it is for a look; remove it with: make cluster-down NAME=%s (berth-build cluster down --name %s)\n", c.Name, c.Name)
+		fmt.Fprintf(stderr, "the cluster is left as it is for a look; remove it with: %s\n", removeCommand(c))
 		return 1
 	}
 	if err := c.StartAll(); err != nil {
@@ -164,8 +172,18 @@ func clusterHowTo(w io.Writer, c *qemu.Cluster, berthctl string) {
 ssh:       ip netns exec %[2]s ssh -i %[5]s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@%[6]s
 console:   tail -f %[7]s
            socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:%[8]s   (Ctrl-] leaves)
-remove:    make cluster-down NAME=%[1]s
-`, c.Name, c.Netns, berthctl, c.BerthctlConfig(), c.SSHKey(), n.IPv4, n.SerialLog(), n.ConsoleSocket())
+remove:    %[9]s
+`, c.Name, c.Netns, berthctl, c.BerthctlConfig(), c.SSHKey(), n.IPv4, n.SerialLog(), n.ConsoleSocket(), removeCommand(c))
+}
+
+// removeCommand is the command line that removes this cluster: the
+// Makefile's variable is CLUSTER, and a cluster outside the default root
+// needs its directory too.
+func removeCommand(c *qemu.Cluster) string {
+	if c.Dir == filepath.Join(qemu.DefaultClusterRoot, c.Name) {
+		return fmt.Sprintf("make cluster-down CLUSTER=%s (or: berth-build cluster down --name %s)", c.Name, c.Name)
+	}
+	return fmt.Sprintf("berth-build cluster down --name %s --dir %s", c.Name, c.Dir)
 }
 
 func clusterStatus(dir, berthctl string, stdout, stderr io.Writer) int {

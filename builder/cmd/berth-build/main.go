@@ -251,6 +251,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fresh := fs.Bool("fresh", false, "discard the overlay: boot as on first power-on")
 	mem := fs.Int("m", 1024, "guest memory in `MiB`")
 	net := fs.Bool("net", false, "attach a NIC on qemu's user-mode network")
+	accelFlag := fs.String("accel", "", "qemu `accelerator`: kvm, tcg or auto (default auto or $"+qemu.AccelEnv+": KVM when a guest really runs under it)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: berth-build run IMAGE [flags]\n\nBoots IMAGE under qemu+OVMF with the serial console here (Ctrl-A X quits).\n\nFlags:")
 		fs.PrintDefaults()
@@ -261,6 +262,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "berth-build run: %v\n", err)
+		return 2
+	}
+	accel, err := qemu.ParseAccel(*accelFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-build run: --accel: %v\n", err)
 		return 2
 	}
 	stateDir := image + ".run"
@@ -279,7 +285,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintf(stdout, "booting %s (overlay %s; --fresh to start over; Ctrl-A X quits)\n", image, overlay)
-	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: overlay, MemoryMiB: *mem, StateDir: stateDir, Interactive: true, UserNet: *net})
+	vm, err := qemu.Start(context.Background(), qemu.Config{Disk: overlay, MemoryMiB: *mem, StateDir: stateDir, Interactive: true, UserNet: *net, Accel: accel})
 	if err != nil {
 		fmt.Fprintf(stderr, "berth-build run: %v\n", err)
 		return 1
