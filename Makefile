@@ -3,6 +3,9 @@
 #   make test    go vet + unit tests + end-to-end boot tests under qemu
 #   make boot    boot the built image with the serial console on this terminal
 
+# bash for pipefail: the e2e log goes through tee.
+SHELL    := /bin/bash
+
 SPEC     ?= images/minimal.yaml
 OUT      ?= out
 CACHE    ?= /var/cache/berth
@@ -106,9 +109,18 @@ unit: build
 		done; \
 	done
 
-# End-to-end: builds images from images/minimal.yaml and boots them under qemu.
+# End-to-end: builds images from images/minimal.yaml and boots them under
+# qemu (KVM when a probe guest runs under it, else software emulation;
+# BERTH_ACCEL=kvm|tcg overrides). Each test's and scenario's time is
+# printed at the end; the whole log stays in $(E2E_LOG).
+E2E_LOG ?= $(OUT)/e2e.log
 e2e: deps build
-	BERTH_E2E=1 BERTH_CACHE=$(CACHE) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'E2E' ./builder/e2e/
+	@mkdir -p $(dir $(E2E_LOG))
+	@set -o pipefail; start=$$(date +%s); \
+	BERTH_E2E=1 BERTH_CACHE=$(CACHE) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'E2E' ./builder/e2e/ 2>&1 | tee $(E2E_LOG); rc=$$?; \
+	echo "== end-to-end times (all output in $(E2E_LOG))"; \
+	grep -E '^ *--- (PASS|FAIL|SKIP)' $(E2E_LOG) || true; \
+	echo "== end-to-end total: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test: deps vet unit vagrant-validate e2e
 

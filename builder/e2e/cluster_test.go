@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/berth-os/berth/builder/build"
 	"github.com/berth-os/berth/builder/qemu"
 	"github.com/berth-os/berth/builder/spec"
+	"github.com/berth-os/berth/updater/payload"
 )
 
 // The clusters of these tests live at fixed places, so that a run killed
@@ -133,28 +136,6 @@ func TestE2EClusterHarness(t *testing.T) {
 	}
 }
 
-// clusterImage builds images/minimal.yaml as it is (the probe image
-// powers itself off).
-func clusterImage(t *testing.T) *build.Result {
-	t.Helper()
-	s, err := spec.Load(minimalSpec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent := false
-	for _, f := range s.Files {
-		agent = agent || f.Path == "/usr/bin/berth-agent"
-	}
-	if !agent {
-		t.Fatalf("%s puts no /usr/bin/berth-agent into the image", minimalSpec)
-	}
-	res, err := buildImage(s, t.TempDir(), initBinary(t))
-	if err != nil {
-		t.Fatalf("build the cluster image (make build first: the spec takes the agent from bin/): %v", err)
-	}
-	return res
-}
-
 // buildBerthctl builds the CLI the test drives the cluster with.
 func buildBerthctl(t *testing.T) string {
 	t.Helper()
@@ -167,73 +148,181 @@ func buildBerthctl(t *testing.T) string {
 	return bin
 }
 
-// TestE2ECluster boots three nodes of one image on the cluster network:
-// their agents form etcd (node-1 bootstraps with the harness's secret, the
-// others join it), berthctl lists three Ready nodes with OS version and
-// slot; a node killed with SIGKILL turns NotReady and, started again with a
-// changed configuration, is Ready again with the change applied, while a
-// wrong setting in it is reported on the console and the node stays
-// reachable.
+// The cluster suite boots one 3-node cluster of images/minimal.yaml once
+// and runs every cluster scenario on it, in order: booting nodes under
+// emulation is the expensive part of these tests, so a new scenario is a
+// function added to clusterScenarios, not a new cluster.
+//
+// The contract: a scenario starts with three Ready nodes and leaves three
+// Ready nodes (it may reboot, upgrade or reconfigure them, and says so),
+// unless it is marked consumes, which only the last ones may be.
+type clusterScenario struct {
+	name     string
+	consumes bool // leaves the cluster unusable for the scenarios after it
+	run      func(t *testing.T, e *clusterEnv)
+}
+
+var clusterScenarios = []clusterScenario{
+	{name: "ready", run: scenarioReady},
+	{name: "node-loss-and-config", run: scenarioNodeLoss},
+	{name: "rollout", run: scenarioRollout},
+	{name: "canary-rollback", run: scenarioCanaryRollback},
+	{name: "dead-reboot-holder", consumes: true, run: scenarioDeadHolder},
+}
+
+// clusterEnv is what the scenarios share: the cluster, the CLI and the
+// images (0.1.0 booted; 0.2.0 and 0.3.0, whose health check fails, signed
+// by the same key for rollouts).
+type clusterEnv struct {
+	c        *qemu.Cluster
+	berthctl string
+	ctx      context.Context
+	cli      *clientv3.Client
+	versions map[string]builtVersion
+	// Measured while booting: admin certificate and all Ready, from the
+	// first qemu start.
+	certAt, readyAt time.Duration
+}
+
+type builtVersion struct {
+	res     *build.Result
+	payload string
+	bytes   int64
+}
+
+// ctl runs berthctl in the cluster with the admin certificate.
+func (e *clusterEnv) ctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := e.c.Berthctl(e.ctx, e.berthctl, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// TestE2ECluster boots the cluster and runs the scenarios on it; each
+// scenario's time is its subtest's.
 func TestE2ECluster(t *testing.T) {
 	requireE2E(t)
-	res := clusterImage(t)
-	berthctl := buildBerthctl(t)
-	c := freshCluster(t, qemu.ClusterConfig{Name: "e2e", Image: res.Raw, Nodes: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-
-	start := time.Now()
-	if err := c.StartAll(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.FetchAdminCert(ctx); err != nil {
-		t.Fatal(err)
-	}
-	certAt := time.Since(start)
-	nodes, err := c.WaitNodes(ctx, berthctl, c.AllReady)
-	if err != nil {
-		t.Fatalf("3 Ready nodes: %v", err)
-	}
-	readyAt := time.Since(start)
-	for _, n := range nodes {
-		if n.Document == nil || n.Document.OS.Version != res.Manifest.Version || n.Document.OS.Slot != "a" {
-			t.Errorf("%s: document %+v: want OS version %s, slot a", n.Name, n.Document, res.Manifest.Version)
+	for i, s := range clusterScenarios {
+		if s.consumes && i != len(clusterScenarios)-1 && !clusterScenarios[i+1].consumes {
+			t.Fatalf("scenario %s consumes the cluster but %s runs after it", s.name, clusterScenarios[i+1].name)
 		}
 	}
-	table, err := c.Berthctl(ctx, berthctl, "nodes")
+	e := bootCluster(t)
+	for _, s := range clusterScenarios {
+		if !t.Run(s.name, func(t *testing.T) { s.run(t, e) }) {
+			t.Fatalf("scenario %s failed: the cluster is in an unknown state, so the scenarios after it do not run", s.name)
+		}
+	}
+}
+
+// bootCluster builds the three versions (one cached base tree), boots
+// three nodes of 0.1.0 on the cluster network and waits for three Ready
+// nodes: node-1 bootstraps with the harness's secret, the others join.
+func bootCluster(t *testing.T) *clusterEnv {
+	t.Helper()
+	dir := t.TempDir()
+	key := filepath.Join(dir, "release")
+	if err := payload.GenerateKey(key+".key", key+".pub"); err != nil {
+		t.Fatal(err)
+	}
+	e := &clusterEnv{versions: map[string]builtVersion{}}
+	for _, v := range []string{"0.1.0", "0.2.0", "0.3.0"} {
+		s, err := spec.Load(minimalSpec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Version = v
+		if v == "0.3.0" {
+			check := "#!/bin/sh\necho disk on fire >&2\nexit 1\n"
+			s.Files = append(s.Files, spec.File{Path: "/etc/berth/health.d/50-disk", Content: &check, Mode: 0o755})
+		}
+		start := time.Now()
+		res, err := build.Run(context.Background(), s, build.Options{OutDir: filepath.Join(dir, "out-"+v), CacheDir: cacheDir(),
+			InitBinary: initBinary(t), SigningKey: key + ".key", NoQcow2: true, Log: discardLog()})
+		if err != nil {
+			t.Fatalf("build %s (make build first: the spec takes the agent from bin/): %v", v, err)
+		}
+		e.versions[v] = builtVersion{res: res, payload: res.Payload, bytes: dirBytes(t, res.Payload)}
+		t.Logf("built %s with a payload of %.1f MiB in %.1f s", v, float64(e.versions[v].bytes)/(1<<20), time.Since(start).Seconds())
+	}
+	e.berthctl = buildBerthctl(t)
+	e.c = freshCluster(t, qemu.ClusterConfig{Name: "e2e", Image: e.versions["0.1.0"].res.Raw, Nodes: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)
+	t.Cleanup(cancel)
+	e.ctx = ctx
+	start := time.Now()
+	if err := e.c.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.FetchAdminCert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.certAt = time.Since(start)
+	if _, err := e.c.WaitNodes(ctx, e.berthctl, e.c.AllReady); err != nil {
+		t.Fatalf("3 Ready nodes: %v", err)
+	}
+	e.readyAt = time.Since(start)
+	cli, err := e.c.EtcdClient()
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cli.Close() })
+	e.cli = cli
+	return e
+}
+
+// scenarioReady: berthctl lists three Ready voters with OS version and
+// slot, and the boot is measured.
+func scenarioReady(t *testing.T, e *clusterEnv) {
+	c, version := e.c, e.versions["0.1.0"].res.Manifest.Version
+	nodes, err := c.NodeStates(e.ctx, e.berthctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Document == nil || n.Document.OS.Version != version || n.Document.OS.Slot != "a" {
+			t.Errorf("%s: document %+v: want OS version %s, slot a", n.Name, n.Document, version)
+		}
+	}
+	table := e.ctl(t, "nodes")
 	for _, n := range c.Nodes {
-		if !regexp.MustCompile(`(?m)^` + n.Name + `\s+\S+\s+Ready\s+` + regexp.QuoteMeta(res.Manifest.Version) + `\s+a\s`).Match(table) {
-			t.Errorf("berthctl nodes has no Ready row for %s at version %s, slot a:\n%s", n.Name, res.Manifest.Version, table)
+		if !regexp.MustCompile(`(?m)^` + n.Name + `\s+\S+\s+Ready\s+` + regexp.QuoteMeta(version) + `\s+a\s`).MatchString(table) {
+			t.Errorf("berthctl nodes has no Ready row for %s at version %s, slot a:\n%s", n.Name, version, table)
 		}
 	}
 	t.Logf("berthctl nodes:\n%s", table)
-	t.Logf("measured: admin certificate from node-1 %.1f s, 3 nodes Ready %.1f s after the first qemu started", certAt.Seconds(), readyAt.Seconds())
+	t.Logf("measured: admin certificate from node-1 %.1f s, 3 nodes Ready %.1f s after the first qemu started", e.certAt.Seconds(), e.readyAt.Seconds())
 	for i, n := range c.Nodes {
-		d, err := c.AgentReadyAfter(ctx, i+1)
+		d, err := c.AgentReadyAfter(e.ctx, i+1)
 		if err != nil {
 			t.Errorf("%s: boot to agent ready: %v", n.Name, err)
 			continue
 		}
 		t.Logf("measured: %s boot to agent ready %.1f s (firmware and loader %.1f s of it)", n.Name, d.Seconds(), n.KernelAt().Sub(n.Started()).Seconds())
 	}
+}
 
-	// Power loss of node-3: its node document's lease expires.
+// scenarioNodeLoss: node-3 loses power and turns NotReady; while it is
+// down its node.yaml gets a label (a setting for the next boot) and a host
+// name no system accepts; it boots, reports the wrong setting on the
+// console, and is Ready again with the label and its host name. It leaves
+// node-3 with label zone=b and the refused host name in its node.yaml
+// (reported again at each boot, changing nothing).
+func scenarioNodeLoss(t *testing.T, e *clusterEnv) {
+	c, ctx := e.c, e.ctx
 	if err := c.Kill(3); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	if _, err := c.WaitNodes(ctx, berthctl, func(nodes []qemu.NodeState) error {
+	if _, err := c.WaitNodes(ctx, e.berthctl, func(nodes []qemu.NodeState) error {
 		return statuses(nodes, map[string]string{"node-1": "Ready", "node-2": "Ready", "node-3": "NotReady"})
 	}); err != nil {
 		t.Fatalf("node-3 NotReady after SIGKILL: %v", err)
 	}
 	t.Logf("measured: node-3 NotReady %.1f s after SIGKILL", time.Since(killed).Seconds())
 
-	// While it is down: a label (a setting that must take effect at the
-	// next boot) and a host name no system accepts (a wrong setting).
 	nc, err := c.NodeConfig(3)
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +345,7 @@ func TestE2ECluster(t *testing.T) {
 	} else {
 		t.Logf("node-3 console: %s", line)
 	}
-	nodes, err = c.WaitNodes(ctx, berthctl, func(nodes []qemu.NodeState) error {
+	_, err = c.WaitNodes(ctx, e.berthctl, func(nodes []qemu.NodeState) error {
 		if err := c.AllReady(nodes); err != nil {
 			return err
 		}

@@ -138,8 +138,11 @@ func TestE2EUpdate(t *testing.T) {
 		t.Fatalf("mke2fs: %v: %s", err, out)
 	}
 
+	// A disk bigger than the image, as a real one: the initrd must grow
+	// the state partition and its filesystem on the first boot.
 	overlay := filepath.Join(dir, "disk.qcow2")
-	if err := qemu.Overlay(v1.Raw, overlay, 0); err != nil {
+	const diskSize = 3 << 30
+	if err := qemu.Overlay(v1.Raw, overlay, diskSize); err != nil {
 		t.Fatal(err)
 	}
 	vmDir := filepath.Join(dir, "vm")
@@ -150,8 +153,12 @@ func TestE2EUpdate(t *testing.T) {
 		return got
 	}
 
-	// 1: v1 from slot A refuses bad payloads, survives kills, installs v2.
+	// 1: the first boot of a new disk (what TestE2EBoot checked on a boot
+	// of its own): read-only root, writable state grown to the disk, the
+	// persistent places, the loader's try consumed and the entry blessed.
 	b1 := boot("v1")
+	expectFirstBoot(t, b1, "0.1.0")
+	// Then, from slot A, v1 refuses bad payloads, survives kills, installs v2.
 	expectProbe(t, b1, map[string]string{
 		"slot": "a", "os-version": "0.1.0", "tampered-exit": "1", "wrongkey-exit": "1",
 		"after-refusals-entries": "berth-a.conf,", "dryrun-exit": "0", "dryrun-entries": "berth-a.conf,",
@@ -166,8 +173,14 @@ func TestE2EUpdate(t *testing.T) {
 	}
 	t.Logf("refusals: tampered: %s; wrong key: %s", b1["tampered-error"], b1["wrongkey-error"])
 
-	// 2: v2 from slot B, blessed; installs v3 into slot A.
+	// 2: v2 from slot B, blessed; what the first boot left in /var, /etc,
+	// /root and /home and the machine-id survived the update; installs v3
+	// into slot A.
 	b2 := boot("v2")
+	expectProbe(t, b2, map[string]string{
+		"boot": "2", "root-ro": "yes", "var-marker": "boot-1", "etc-marker": "boot-1", "root-marker": "boot-1",
+		"home-marker": "boot-1", "machine-id": b1["machine-id"], "var-size-kb": b1["var-size-kb"], "failed-units": "",
+	}, "")
 	expectProbe(t, b2, map[string]string{
 		"slot": "b", "os-version": "0.2.0", "bless-state": "active", "same-exit": "1", "counted-entry": `\loader\entries\berth-b+2-1.conf`,
 		"apply-v3-exit": "0", "after-v3-entries": "berth-a+3.conf,berth-b.conf,",
@@ -181,6 +194,9 @@ func TestE2EUpdate(t *testing.T) {
 	// and reports the rollback with the reason.
 	b4 := boot("v4 rollback")
 	expectProbe(t, b4, map[string]string{"slot": "a", "os-version": "0.3.0", "apply-v5-exit": "0"}, "")
+	// A boot of the blessed entry is not counted; the state written by the
+	// probed boot before it is there.
+	expectProbe(t, b4, map[string]string{"bless-state": "not-counted", "var-marker": "boot-3", "root-ro": "yes"}, "")
 	if s := b4["update-status"]; !strings.Contains(s, "rolled back from 0.4.0 to 0.3.0") || !strings.Contains(s, "disk on fire") {
 		t.Errorf("status after the v4 rollback does not give the reason: %s", s)
 	}
@@ -220,7 +236,7 @@ func updateBoot(t *testing.T, disk, vmDir string, extra []string, name string) (
 	for _, m := range probeLine.FindAllStringSubmatch(out, -1) {
 		got[m[1]] = m[2]
 	}
-	t.Logf("%s: probed boot %s after %.0fs (%d boots of the kernel)", name, got["boot"], time.Since(start).Seconds(), strings.Count(out, "Linux version"))
+	t.Logf("%s: probed boot %s after %.0fs (%d boots of the kernel); last boot's guest clock: %s", name, got["boot"], time.Since(start).Seconds(), strings.Count(out, "Linux version"), bootTimes(got))
 	if t.Failed() {
 		t.Logf("--- serial console (%s) ---\n%s", name, out)
 	}
