@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/state"
@@ -67,6 +68,21 @@ func cmdTenantAdd(ctx context.Context, s *session) error {
 		{"grant tenant read", func(ctx context.Context) error {
 			p := jobs.TenantPrefix(tenant)
 			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
+			return err
+		}},
+		{"grant own image tags", func(ctx context.Context) error {
+			p := registry.TagNamespacePrefix(tenant)
+			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
+			return err
+		}},
+		{"grant shared image tags", func(ctx context.Context) error {
+			p := registry.TagNamespacePrefix(jobs.SharedNamespace)
+			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
+			return err
+		}},
+		{"grant registry credentials", func(ctx context.Context) error {
+			p := jobs.RegistryAuthPrefix(tenant) // outside /berth/v1/: ops cannot read it
+			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), rw)
 			return err
 		}},
 		{"grant node addresses", func(ctx context.Context) error {
@@ -119,10 +135,22 @@ func cmdImagePush(ctx context.Context, s *session) error {
 	if err != nil {
 		return fail(ExitUsage, "read %s: %v (want a docker save tarball)", file, err)
 	}
-	if _, err := name.ParseReference(rollout.LocalRegistryHost + "/" + target); err != nil {
+	r, err := name.ParseReference(rollout.LocalRegistryHost + "/" + target)
+	if err != nil {
 		return fail(ExitUsage, "%s: %v (want REPO:TAG)", target, err)
 	}
-	n, err := pushToCluster(ctx, s, target, func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error {
+	tag, ok := r.(name.Tag)
+	if !ok {
+		return fail(ExitUsage, "%s: want REPO:TAG (a tag, not a digest)", target)
+	}
+	tenant, err := s.tenant()
+	if err != nil {
+		return err
+	}
+	// The tenant's berth.local/REPO is REPO under its namespace in the
+	// cluster registry, as nodes resolve it for the tenant's jobs.
+	stored := jobs.ClusterRepository(tenant, tag.Context().RepositoryStr()) + ":" + tag.TagStr()
+	n, err := pushToCluster(ctx, s, stored, func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		defer cancel()
 		return remote.Write(ref, img, remote.WithContext(pctx), remote.WithTransport(rt))
@@ -131,7 +159,7 @@ func cmdImagePush(ctx context.Context, s *session) error {
 		return err
 	}
 	digest, _ := img.Digest()
-	fmt.Fprintf(s.sys.Stdout, "pushed %s to node %s's registry: use image berth.local/%s@%s\n", file, n, repoOf(target), digest)
+	fmt.Fprintf(s.sys.Stdout, "pushed %s as %s to node %s's registry: use image berth.local/%s@%s (or :%s)\n", file, stored, n, repoOf(target), digest, tag.TagStr())
 	return nil
 }
 

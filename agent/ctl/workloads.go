@@ -96,6 +96,9 @@ func cmdRun(ctx context.Context, s *session) error {
 	if s.opts.tenant != "" && job.Tenant != s.opts.tenant {
 		return fail(ExitUsage, "the job names tenant %q but --tenant is %q", job.Tenant, s.opts.tenant)
 	}
+	if err := pinImage(ctx, s, &job); err != nil {
+		return err
+	}
 	value, err := job.Marshal()
 	if err != nil {
 		return err
@@ -111,13 +114,14 @@ func cmdRun(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(s.sys.Stdout, "job %s/%s submitted (revision %d): %d replica(s) of %s\n", job.Tenant, job.Name, rev, job.Replicas, job.Image)
+	fmt.Fprintf(s.sys.Stdout, "job %s/%s submitted (revision %d): %d replica(s) of %s pinned to %s\n", job.Tenant, job.Name, rev, job.Replicas, job.Image, job.ImageDigest)
 	return nil
 }
 
 // jobRow is one job in `berthctl jobs`.
 type jobRow struct {
 	Job       jobs.Job           `json:"job"`
+	Error     string             `json:"error,omitempty"` // the stored document is invalid: nothing runs it
 	Placement *jobs.JobPlacement `json:"placement,omitempty"`
 	Running   int                `json:"running"`
 }
@@ -145,6 +149,14 @@ func cmdJobs(ctx context.Context, s *session) error {
 	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 		j, err := jobs.DecodeJob(kv.Value)
 		if err != nil {
+			// Written around berthctl (straight into etcd): shown with
+			// why the scheduler ignores it, not hidden.
+			ref, ok := jobs.ParseJobKey(string(kv.Key))
+			if !ok {
+				continue
+			}
+			rows[ref.Job] = &jobRow{Job: jobs.Job{Name: ref.Job, Tenant: ref.Tenant}, Error: oneLine(err.Error())}
+			names = append(names, ref.Job)
 			continue
 		}
 		rows[j.Name] = &jobRow{Job: j}
@@ -179,6 +191,9 @@ func cmdJobs(ctx context.Context, s *session) error {
 		want := strconv.Itoa(r.Job.Replicas)
 		if r.Job.Stopped {
 			want, msg = "0 (stopped)", "stopped"
+		}
+		if r.Error != "" {
+			want, msg = "-", "invalid: "+r.Error
 		}
 		t.row(r.Job.Name, r.Job.Image, want, placed, strconv.Itoa(r.Running),
 			jobs.FormatCPU(r.Job.Resources.CPUMillis), jobs.FormatMemory(r.Job.Resources.MemoryBytes), orDash(msg))
@@ -236,7 +251,7 @@ func cmdPs(ctx context.Context, s *session) error {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "items": list})
 	}
 	now := s.sys.Now()
-	t := newTable(s.sys.Stdout, "JOB", "REPLICA", "NODE", "STATE", "RESTARTS", "EXIT", "IP", "AGE", "REASON")
+	t := newTable(s.sys.Stdout, "JOB", "REPLICA", "NODE", "STATE", "RESTARTS", "EXIT", "IP", "DIGEST", "AGE", "REASON")
 	for _, st := range list {
 		exit, age := "-", "-"
 		if st.ExitCode != nil {
@@ -245,7 +260,7 @@ func cmdPs(ctx context.Context, s *session) error {
 		if st.StartedAt != nil {
 			age = HumanDuration(now.Sub(*st.StartedAt))
 		}
-		t.row(st.Job, strconv.Itoa(st.Replica), st.Node, st.State, strconv.Itoa(st.Restarts), exit, orDash(st.IPv4), age, orDash(st.Reason))
+		t.row(st.Job, strconv.Itoa(st.Replica), st.Node, st.State, strconv.Itoa(st.Restarts), exit, orDash(st.IPv4), orDash(st.ImageDigest), age, orDash(st.Reason))
 	}
 	return t.flush()
 }

@@ -42,6 +42,7 @@ type Job struct {
 	Name               string            `json:"name"`
 	Tenant             string            `json:"tenant"`
 	Image              string            `json:"image"`
+	ImageDigest        string            `json:"image_digest,omitempty"` // pinned by berthctl run: what every replica runs
 	Command            []string          `json:"command,omitempty"`
 	Args               []string          `json:"args,omitempty"`
 	Env                map[string]string `json:"env,omitempty"`
@@ -114,6 +115,7 @@ type ReplicaStatus struct {
 	Generation  int64      `json:"generation"`
 	State       string     `json:"state"`
 	ContainerID string     `json:"container_id,omitempty"`
+	ImageDigest string     `json:"image_digest,omitempty"` // manifest digest of the image the container runs
 	Restarts    int        `json:"restarts"`
 	ExitCode    *int       `json:"exit_code,omitempty"`
 	Reason      string     `json:"reason,omitempty"`

@@ -43,7 +43,11 @@ func fieldErr(field, format string, args ...any) *FieldError {
 
 // CheckTenantName accepts 1..32 of a-z, 0-9 and inner '-'. No dots: the
 // first dot of a container ID ends the tenant.
+// The registry's shared namespaces (library, berth) are reserved.
 func CheckTenantName(s string) error {
+	if s == SharedNamespace || s == SystemNamespace {
+		return fmt.Errorf("tenant name %q is reserved (a shared namespace of the cluster registry)", s)
+	}
 	return checkName("tenant", s, MaxTenantNameLen, false)
 }
 
@@ -105,6 +109,9 @@ func (j Job) validate(requireTenant bool) *FieldError {
 	}
 	if fe := checkImage(j.Image); fe != nil {
 		return fe
+	}
+	if j.ImageDigest != "" && !IsDigest(j.ImageDigest) {
+		return fieldErr("image_digest", "%q is not a sha256 digest; expected sha256:<64 hex>", clip(j.ImageDigest))
 	}
 	if fe := checkStrings("command", j.Command); fe != nil {
 		return fe

@@ -38,6 +38,15 @@ type Options struct {
 	Peers      func() []string // base URLs of other agents, e.g. https://10.0.0.2:7480; nil = no fallback
 	PeerClient *http.Client    // for peer requests; default: a client with header timeouts
 	Log        *slog.Logger
+	// Authorize turns on the access policy (Authorize): every request needs
+	// a verified client certificate naming a known identity, and is allowed
+	// or refused per repository and action. Off only for tests of the
+	// storage itself.
+	Authorize bool
+	// Tags, when set, is the single truth for tags (etcd in the agent): a
+	// tag push writes there, a tag read resolves there and the manifest is
+	// then served by digest. Nil keeps tags in this registry only.
+	Tags Tags
 }
 
 var (
@@ -57,6 +66,8 @@ type server struct {
 	log      *slog.Logger
 	putMu    sync.Mutex // keeps the in-memory and persisted manifest order the same
 	inflight flight
+	authz    bool
+	tags     Tags
 }
 
 // New returns the registry handler, serving /v2/....
@@ -80,6 +91,8 @@ func New(o Options) (http.Handler, error) {
 		peers:   o.Peers,
 		client:  o.PeerClient,
 		log:     o.Log,
+		authz:   o.Authorize,
+		tags:    o.Tags,
 	}
 	for _, d := range []string{s.blobDir, s.tmpDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -202,6 +215,24 @@ func parseTarget(path string) (target, bool) {
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id := Identity{Role: RoleAdmin, Name: "anyone"} // without authorization
+	if s.authz {
+		var ok bool
+		if id, ok = s.authenticate(w, r); !ok {
+			return
+		}
+		if !s.authorized(w, r, id) {
+			return
+		}
+	}
+	if r.URL.Path == "/v2/_catalog" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		s.serveCatalog(w, r, id)
+		return
+	}
+	if repo, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/v2/"), "/tags/list"); ok && s.tags != nil && r.Method == http.MethodGet {
+		s.serveTagList(w, r, repo)
+		return
+	}
 	t, ok := parseTarget(r.URL.Path)
 	if !ok || (t.kind == "blobs" && t.ref == "uploads") {
 		s.inner.ServeHTTP(w, r)
@@ -221,9 +252,19 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if t.kind == "manifests" && s.tags != nil {
+		if !isDigest && !s.serveTag(w, r, &t, id) {
+			return
+		}
+		if isDigest && r.Method == http.MethodDelete {
+			if !s.untagDigest(w, r, t) {
+				return
+			}
+		}
+	}
 	switch {
 	case t.kind == "manifests" && r.Method == http.MethodPut:
-		s.servePutManifest(w, r, t, isDigest)
+		s.servePutManifest(w, r, t, isDigest, id)
 		return
 	case t.kind == "manifests" && r.Method == http.MethodDelete:
 		rec := httptest.NewRecorder()
@@ -245,7 +286,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.inner.ServeHTTP(w, r)
 }
 
-func (s *server) servePutManifest(w http.ResponseWriter, r *http.Request, t target, isDigest bool) {
+func (s *server) servePutManifest(w http.ResponseWriter, r *http.Request, t target, isDigest bool, id Identity) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxManifestBytes))
 	if err != nil {
 		writeError(w, http.StatusRequestEntityTooLarge, "MANIFEST_INVALID", fmt.Sprintf("manifest larger than %d bytes or unreadable: %v", maxManifestBytes, err))
@@ -257,7 +298,16 @@ func (s *server) servePutManifest(w http.ResponseWriter, r *http.Request, t targ
 		writeError(w, http.StatusBadRequest, "DIGEST_INVALID", fmt.Sprintf("manifest digest is %s, not %s", digest, t.ref))
 		return
 	}
-	code, msg, err := s.putManifest(t.repo, t.ref, r.Header.Get("Content-Type"), body)
+	// With a cluster tag store the manifest is kept here by digest only;
+	// the tag goes to the store once the bytes are safe.
+	ref := t.ref
+	if s.tags != nil {
+		ref = digest
+	}
+	code, msg, err := s.putManifest(t.repo, ref, r.Header.Get("Content-Type"), body)
+	if err == nil && code == http.StatusCreated && s.tags != nil && !isDigest {
+		err = s.tags.Put(r.Context(), t.repo, t.ref, Tag{Digest: digest, MediaType: r.Header.Get("Content-Type"), Pushed: time.Now().UTC(), By: id.String()})
+	}
 	if err != nil {
 		s.log.Error("registry: persist manifest", "repo", t.repo, "ref", t.ref, "err", err)
 		writeError(w, http.StatusInternalServerError, "INTERNAL_SERVER_ERROR", err.Error())

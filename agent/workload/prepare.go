@@ -20,18 +20,32 @@ import (
 // volumes, the network, and the tenant's cgroup quota.
 func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id string) (runtime.Spec, error) {
 	job := want.Spec
-	ref := m.imageRef(job.Image)
+	ref, err := m.imageRef(w.ref.Tenant, job)
+	if err != nil {
+		return runtime.Spec{}, err
+	}
 	m.imagesInUse.RLock()
 	defer m.imagesInUse.RUnlock()
-	img, err := m.o.Images.Get(ref)
+	// A pinned digest is answered from the store when it is there; a tag
+	// (a job written without berthctl) is resolved at the registry every
+	// time, never from what this node once pulled under that name.
+	var img images.Image
+	if job.ImageDigest != "" {
+		img, err = m.o.Images.Get(job.ImageDigest)
+	} else {
+		err = images.ErrNotFound
+	}
 	if err != nil {
-		w.report(ctx, want, jobs.ReplicaStatus{State: "pulling", Reason: "pulling " + job.Image})
+		w.report(ctx, want, jobs.ReplicaStatus{State: "pulling", Reason: "pulling " + jobs.PinnedRef(job.Image, job.ImageDigest)})
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 		img, err = m.o.Images.Pull(pctx, ref)
 		cancel()
 		if err != nil {
 			return runtime.Spec{}, fmt.Errorf("pull: %w", err)
 		}
+	}
+	if job.ImageDigest != "" && img.Digest != job.ImageDigest {
+		return runtime.Spec{}, fmt.Errorf("image %s: got manifest %s, the job is pinned to %s", job.Image, img.Digest, job.ImageDigest)
 	}
 	rootfs, err := m.o.Images.Mount(ctx, img.Digest, id)
 	if err != nil {
@@ -64,6 +78,7 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 			labelGeneration: strconv.FormatInt(want.Generation, 10),
 			labelJobRev:     strconv.FormatInt(want.JobRevision, 10),
 			labelRestarts:   strconv.Itoa(w.restarts),
+			labelImage:      img.Digest,
 		},
 	}
 	if len(spec.Args) == 0 {
@@ -101,14 +116,22 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 }
 
 // ClusterRegistryHost names the cluster-local registry in image references.
-const ClusterRegistryHost = "berth.local"
+const ClusterRegistryHost = jobs.ClusterRegistryHost
 
-// imageRef points references to the cluster registry at this node's agent.
-func (m *Manager) imageRef(ref string) string {
-	if rest, ok := strings.CutPrefix(ref, ClusterRegistryHost+"/"); ok && m.o.LocalRegistry != "" {
-		return m.o.LocalRegistry + "/" + rest
+// imageRef is what this node pulls for a job of tenant: the image with its
+// pinned digest, and berth.local/PATH pointed at this node's agent, in the
+// tenant's namespace of the cluster registry (berth.local/web of acme is
+// acme/web), so a job can only name its own tenant's or shared images.
+func (m *Manager) imageRef(tenant string, job jobs.Job) (string, error) {
+	ref := jobs.PinnedRef(job.Image, job.ImageDigest)
+	ci, ok, err := jobs.ParseClusterImage(tenant, ref)
+	if err != nil || !ok || m.o.LocalRegistry == "" {
+		return ref, err
 	}
-	return ref
+	if ci.Digest != "" {
+		return m.o.LocalRegistry + "/" + ci.Repository + "@" + ci.Digest, nil
+	}
+	return m.o.LocalRegistry + "/" + ci.Repository + ":" + ci.Tag, nil
 }
 
 // commandLine follows Docker's rules: the job's command replaces the

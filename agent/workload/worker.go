@@ -258,7 +258,7 @@ func (w *worker) start(ctx context.Context, want *assignment) {
 }
 
 func statusFrom(st runtime.State, state, reason string) jobs.ReplicaStatus {
-	rs := jobs.ReplicaStatus{State: state, ContainerID: st.ID, Reason: reason}
+	rs := jobs.ReplicaStatus{State: state, ContainerID: st.ID, Reason: reason, ImageDigest: st.Labels[labelImage]}
 	if !st.StartedAt.IsZero() {
 		t := st.StartedAt
 		rs.StartedAt = &t

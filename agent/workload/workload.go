@@ -114,6 +114,7 @@ const (
 	labelGeneration = "berth.generation"
 	labelJobRev     = "berth.job-revision"
 	labelRestarts   = "berth.restarts"
+	labelImage      = "berth.image-digest" // the manifest digest the container runs
 )
 
 // New checks options and returns a Manager; Run starts it.
@@ -431,9 +432,15 @@ func (m *Manager) CollectImages(ctx context.Context) (int64, error) {
 	m.mu.Lock()
 	for _, w := range m.workers {
 		w.mu.Lock()
-		if w.want != nil {
-			if img, err := m.o.Images.Get(m.imageRef(w.want.Spec.Image)); err == nil {
-				wanted[img.Digest] = true
+		if w.want != nil && w.want.Spec.ImageDigest != "" {
+			wanted[w.want.Spec.ImageDigest] = true
+		} else if w.want != nil {
+			// An unpinned job: keep what its tag last pulled (mounted
+			// images are kept anyway).
+			if ref, err := m.imageRef(w.ref.Tenant, w.want.Spec); err == nil {
+				if img, err := m.o.Images.Get(ref); err == nil {
+					wanted[img.Digest] = true
+				}
 			}
 		}
 		w.mu.Unlock()

@@ -440,8 +440,14 @@ ports:
 	if out, err := e.ctl("acme", "run", "-f", badFile); err == nil || !strings.Contains(out, "bad.yaml:3: replicas") || strings.Count(strings.TrimSpace(out), "\n") > 1 {
 		t.Fatalf("malformed job: err=%v out=%q", err, out)
 	}
+	// A tag that does not exist cannot be pinned: refused at submission.
 	ghostFile := filepath.Join(t.TempDir(), "ghost.yaml")
 	writeFile(t, ghostFile, "name: ghost\nimage: berth.local/nope:1\ncommand: [sh]\nresources: {cpu: 10m, memory: 8Mi}\n")
+	if out, err := e.ctl("acme", "run", "-f", ghostFile); err == nil || !strings.Contains(out, "berth.local/nope:1 not found") {
+		t.Fatalf("job with an unknown tag: err=%v out=%q", err, out)
+	}
+	// A digest nobody has is taken as it is and fails on the node.
+	writeFile(t, ghostFile, "name: ghost\nimage: berth.local/nope@sha256:"+strings.Repeat("0", 64)+"\ncommand: [sh]\nresources: {cpu: 10m, memory: 8Mi}\n")
 	e.mustCtl("acme", "run", "-f", ghostFile)
 	eventually(t, 30*time.Second, "unknown image reported", func() error {
 		list, err := e.replicas("acme", "acme", "ghost")

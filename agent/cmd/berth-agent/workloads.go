@@ -33,17 +33,24 @@ import (
 // API and the cluster registry on the agent's HTTPS listener.
 func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error {
 	peers := &peerList{self: cfg.APIURL}
+	tags := &registry.EtcdTags{}
 	reg, err := registry.New(registry.Options{
 		Dir:        filepath.Join(cfg.StateDir, "registry"),
 		Peers:      peers.urls,
 		PeerClient: &http.Client{Transport: lazyNodeTransport(cfg.DataDir), Timeout: 5 * time.Minute},
 		Log:        log.With("component", "registry"),
+		Authorize:  true,
+		Tags:       tags,
 	})
 	if err != nil {
 		return err
 	}
-	api := func(mux *http.ServeMux) { mux.Handle("/v2/", requireClientCert(reg)) }
-	opts.Services = append(opts.Services, peers.follow)
+	api := func(mux *http.ServeMux) { mux.Handle("/v2/", reg) }
+	opts.Services = append(opts.Services, peers.follow, func(ctx context.Context, cli *clientv3.Client) error {
+		tags.SetClient(cli) // tags live in etcd: one answer on every node
+		<-ctx.Done()
+		return nil
+	})
 	if !cfg.Containers {
 		opts.API = api
 		return nil
@@ -96,20 +103,6 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		mgr.Routes(mux)
 	}
 	return nil
-}
-
-// requireClientCert lets only holders of a certificate of the cluster CA
-// (nodes, operators, tenants) use the cluster registry.
-func requireClientCert(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusUnauthorized)
-			fmt.Fprintln(w, `{"errors":[{"code":"UNAUTHORIZED","message":"a client certificate of the cluster CA is required"}]}`)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 // lazyNodeTransport is an HTTPS transport that presents this node's
