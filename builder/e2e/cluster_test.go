@@ -14,10 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/builder/build"
 	"github.com/berth-os/berth/builder/qemu"
-	"github.com/berth-os/berth/builder/spec"
-	"github.com/berth-os/berth/updater/payload"
 )
 
 // The clusters of these tests live at fixed places, so that a run killed
@@ -171,8 +168,8 @@ var clusterScenarios = []clusterScenario{
 }
 
 // clusterEnv is what the scenarios share: the cluster, the CLI and the
-// images (0.1.0 booted; 0.2.0 and 0.3.0, whose health check fails, signed
-// by the same key for rollouts).
+// releases (0.1.0 booted; 0.2.0, and 0.4.0 whose health check fails, for
+// rollouts; all signed by one key).
 type clusterEnv struct {
 	c        *qemu.Cluster
 	berthctl string
@@ -182,12 +179,6 @@ type clusterEnv struct {
 	// Measured while booting: admin certificate and all Ready, from the
 	// first qemu start.
 	certAt, readyAt time.Duration
-}
-
-type builtVersion struct {
-	res     *build.Result
-	payload string
-	bytes   int64
 }
 
 // ctl runs berthctl in the cluster with the admin certificate.
@@ -217,36 +208,12 @@ func TestE2ECluster(t *testing.T) {
 	}
 }
 
-// bootCluster builds the three versions (one cached base tree), boots
-// three nodes of 0.1.0 on the cluster network and waits for three Ready
-// nodes: node-1 bootstraps with the harness's secret, the others join.
+// bootCluster boots three nodes of release 0.1.0 (built once for this and
+// TestE2EUpdate) on the cluster network and waits for three Ready nodes:
+// node-1 bootstraps with the harness's secret, the others join.
 func bootCluster(t *testing.T) *clusterEnv {
 	t.Helper()
-	dir := t.TempDir()
-	key := filepath.Join(dir, "release")
-	if err := payload.GenerateKey(key+".key", key+".pub"); err != nil {
-		t.Fatal(err)
-	}
-	e := &clusterEnv{versions: map[string]builtVersion{}}
-	for _, v := range []string{"0.1.0", "0.2.0", "0.3.0"} {
-		s, err := spec.Load(minimalSpec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Version = v
-		if v == "0.3.0" {
-			check := "#!/bin/sh\necho disk on fire >&2\nexit 1\n"
-			s.Files = append(s.Files, spec.File{Path: "/etc/berth/health.d/50-disk", Content: &check, Mode: 0o755})
-		}
-		start := time.Now()
-		res, err := build.Run(context.Background(), s, build.Options{OutDir: filepath.Join(dir, "out-"+v), CacheDir: cacheDir(),
-			InitBinary: initBinary(t), SigningKey: key + ".key", NoQcow2: true, Log: discardLog()})
-		if err != nil {
-			t.Fatalf("build %s (make build first: the spec takes the agent from bin/): %v", v, err)
-		}
-		e.versions[v] = builtVersion{res: res, payload: res.Payload, bytes: dirBytes(t, res.Payload)}
-		t.Logf("built %s with a payload of %.1f MiB in %.1f s", v, float64(e.versions[v].bytes)/(1<<20), time.Since(start).Seconds())
-	}
+	e := &clusterEnv{versions: releases(t).versions}
 	e.berthctl = buildBerthctl(t)
 	e.c = freshCluster(t, qemu.ClusterConfig{Name: "e2e", Image: e.versions["0.1.0"].res.Raw, Nodes: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 75*time.Minute)

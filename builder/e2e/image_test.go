@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	ocilayout "github.com/google/go-containerregistry/pkg/v1/layout"
@@ -24,6 +25,7 @@ import (
 	"github.com/berth-os/berth/builder/rootfs"
 	"github.com/berth-os/berth/builder/spec"
 	"github.com/berth-os/berth/updater/layout"
+	"github.com/berth-os/berth/updater/payload"
 )
 
 const minimalSpec = "../../images/minimal.yaml"
@@ -122,6 +124,84 @@ func probeImage(t testing.TB) *build.Result {
 	return image.res
 }
 
+// The releases: versions 0.1.0 to 0.5.0 of the probe image, signed by one
+// key, built once per test process and booted by both TestE2EUpdate (as a
+// single VM, with the probe's disk) and TestE2ECluster (as cluster nodes,
+// where the probe stays idle). 0.4.0 carries a failing health check, 0.5.0
+// boots init=/bin/false.
+var releaseEdits = []struct {
+	version string
+	edit    func(*spec.Spec)
+}{
+	{"0.1.0", nil},
+	{"0.2.0", nil},
+	{"0.3.0", nil},
+	{"0.4.0", func(s *spec.Spec) {
+		check := "#!/bin/sh\necho disk on fire >&2\nexit 1\n"
+		s.Files = append(s.Files, spec.File{Path: "/etc/berth/health.d/50-disk", Content: &check, Mode: 0o755})
+	}},
+	{"0.5.0", func(s *spec.Spec) { s.Kernel.Cmdline = append(s.Kernel.Cmdline, "init=/bin/false") }},
+}
+
+// releaseSet is the built releases and the key that signed them (KEY.key,
+// KEY.pub).
+type releaseSet struct {
+	key      string
+	versions map[string]builtVersion
+	err      error
+}
+
+type builtVersion struct {
+	res     *build.Result
+	payload string // the signed OCI layout
+	bytes   int64
+}
+
+var (
+	releaseOnce sync.Once
+	release     releaseSet
+	releaseDir  string
+)
+
+func releases(t *testing.T) *releaseSet {
+	t.Helper()
+	requireE2E(t)
+	init := initBinary(t)
+	releaseOnce.Do(func() { release = buildReleases(t, init) })
+	if release.err != nil {
+		t.Fatalf("build the releases (make build first: the spec takes the agent from bin/): %v", release.err)
+	}
+	return &release
+}
+
+func buildReleases(t *testing.T, init string) releaseSet {
+	var err error
+	if releaseDir, err = os.MkdirTemp("", "berth-e2e-releases-"); err != nil {
+		return releaseSet{err: err}
+	}
+	r := releaseSet{key: filepath.Join(releaseDir, "release"), versions: map[string]builtVersion{}}
+	if err := payload.GenerateKey(r.key+".key", r.key+".pub"); err != nil {
+		return releaseSet{err: err}
+	}
+	for _, v := range releaseEdits {
+		s := probeSpec(t)
+		s.Version = v.version
+		if v.edit != nil {
+			v.edit(s)
+		}
+		start := time.Now()
+		res, err := build.Run(context.Background(), s, build.Options{OutDir: filepath.Join(releaseDir, "out-"+v.version), CacheDir: cacheDir(),
+			InitBinary: init, SigningKey: r.key + ".key", NoQcow2: true, Log: discardLog()})
+		if err != nil {
+			return releaseSet{err: fmt.Errorf("%s: %w", v.version, err)}
+		}
+		b := builtVersion{res: res, payload: res.Payload, bytes: dirBytes(t, res.Payload)}
+		r.versions[v.version] = b
+		t.Logf("built release %s (payload %.1f MiB) in %.1f s", v.version, float64(b.bytes)/(1<<20), time.Since(start).Seconds())
+	}
+	return r
+}
+
 func buildImage(s *spec.Spec, out, init string) (*build.Result, error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	return build.Run(context.Background(), s, build.Options{OutDir: out, CacheDir: cacheDir(), InitBinary: init, Log: log})
@@ -129,7 +209,7 @@ func buildImage(s *spec.Spec, out, init string) (*build.Result, error) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, d := range []string{initDir, imageDir} {
+	for _, d := range []string{initDir, imageDir, releaseDir} {
 		if d != "" {
 			os.RemoveAll(d)
 		}

@@ -5,14 +5,19 @@
 package e2e
 
 // The probe is a test-only addition to the minimal image: a oneshot unit
-// that runs once multi-user.target is reached, prints what it finds as
+// that runs once multi-user.target is reached on a VM with the test's
+// second disk, prints what it finds as
 // "BERTH-E2E key=value" lines on the serial console, leaves markers in the
 // persistent places, and powers the VM off.
 const probeScript = `#!/bin/sh
 say() { printf 'BERTH-E2E %s\n' "$*"; }
+# The probe runs only on a VM with the test's second disk (ext4, label E2E,
+# read from its superblock: no udev timing), carrying payloads and a step
+# script: the same images boot as cluster nodes, whose second disk is
+# their seed, and there the probe does nothing.
+[ "$(dd if=/dev/vdb bs=1 skip=1144 count=4 status=none 2>/dev/null | tr -d '\000')" = E2E ] || exit 0
 mkdir -p /var/lib/berth-e2e
-# A second disk, when the test attaches one, carries payloads and a step script.
-if [ -b /dev/vdb ]; then mkdir -p /run/e2e && mount -o ro /dev/vdb /run/e2e; fi
+mkdir -p /run/e2e && mount -o ro /dev/vdb /run/e2e
 boot=$(( $(cat /var/lib/berth-e2e/boots 2>/dev/null || echo 0) + 1 ))
 echo $boot > /var/lib/berth-e2e/boots
 say boot=$boot

@@ -235,17 +235,17 @@ func scenarioRollout(t *testing.T, e *clusterEnv) {
 
 }
 
-// scenarioCanaryRollback: 0.3.0 fails its health check on the canary: it
+// scenarioCanaryRollback: 0.4.0 fails its health check on the canary: it
 // rolls back by itself, the rollout pauses with the reason, the others
 // stay on 0.2.0; an abort withdraws what they staged. It leaves three
 // Ready nodes on 0.2.0 and an aborted rollout.
 func scenarioCanaryRollback(t *testing.T, e *clusterEnv) {
 	ctx, cli, versions := e.ctx, e.cli, e.versions
 	ctl := func(args ...string) string { t.Helper(); return e.ctl(t, args...) }
-	ctl("os", "push", versions["0.3.0"].payload)
-	ctl("os", "rollout", "0.3.0", "--max-unavailable", "1", "--canary", "1")
+	ctl("os", "push", versions["0.4.0"].payload)
+	ctl("os", "rollout", "0.4.0", "--max-unavailable", "1", "--canary", "1")
 	snap := waitRollout(ctx, t, cli, "canary node-1 rolled back and the rollout paused", 30*time.Minute, func(s rollout.Snapshot) bool {
-		return phasesAre(s, "0.3.0", map[string]rollout.Phase{"node-1": rollout.PhaseRolledBack}) && s.Target.Paused
+		return phasesAre(s, "0.4.0", map[string]rollout.Phase{"node-1": rollout.PhaseRolledBack}) && s.Target.Paused
 	})
 	if r := snap.Statuses["node-1"].Reason; !strings.Contains(r, "disk on fire") {
 		t.Errorf("node-1's rollback reason %q does not carry the health check's output", r)
@@ -267,7 +267,7 @@ func scenarioCanaryRollback(t *testing.T, e *clusterEnv) {
 
 	// An abort withdraws what the others staged.
 	ctl("os", "abort", "--reason", "v3 is broken")
-	waitRollout(ctx, t, cli, "staged 0.3.0 withdrawn on node-2 and node-3", 5*time.Minute, func(s rollout.Snapshot) bool {
+	waitRollout(ctx, t, cli, "staged 0.4.0 withdrawn on node-2 and node-3", 5*time.Minute, func(s rollout.Snapshot) bool {
 		return s.Statuses["node-2"].Staged == "" && s.Statuses["node-3"].Staged == ""
 	})
 
