@@ -38,7 +38,7 @@ Commands:
 
   run -f FILE  submit (or update) a job from YAML or JSON (- = stdin)
   jobs         list the tenant's jobs: WANT, PLACED, RUNNING and why not placed
-  ps [JOB]     where each replica runs: NODE STATE RESTARTS EXIT IP AGE REASON
+  ps [JOB]     where each replica runs: NODE STATE RESTARTS EXIT IP DIGEST AGE REASON
   logs JOB[/REPLICA] [--follow] [--tail N]   a replica's output (replica 0 by default)
   stop JOB     keep the job but run nothing; start JOB runs it again
   rm JOB       remove the job and its containers (volumes stay on their nodes)
@@ -46,6 +46,9 @@ Commands:
   usage        the tenant's CPU-seconds and memory GiB-hours, per node and total
   tenant add NAME [--cpu Q] [--memory Q]    create a tenant's etcd role and quota (admin)
   image push IMAGE.tar REPO:TAG             push to the cluster registry (berth.local/REPO:TAG)
+  registry login REGISTRY [--username USER | --docker-config FILE] < SECRET
+                                            store the tenant's credentials for an outside registry
+  registry logout REGISTRY                  remove them
 
   os push PAYLOAD [--keys DIR]              push an OS payload to the cluster registry (admin)
   os rollout VERSION [--max-unavailable N] [--group G] [--window SPEC] [--canary K]
@@ -71,6 +74,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 cluster unreachable.
 
 // IO is what a berthctl run reads and writes, so tests run it in-process.
 type IO struct {
+	Stdin          io.Reader // nil = os.Stdin
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	Now            func() time.Time
@@ -117,6 +121,7 @@ func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 type options struct {
 	// Job command flags.
 	file, tenant, cpu, memory string
+	username, dockerConfig    string // registry login
 	follow                    bool
 	tail                      int
 	os                        osOptions
@@ -147,6 +152,8 @@ func parseArgs(args []string, sys IO) (options, error) {
 	fs.StringVar(&o.tenant, "tenant", "", "")
 	fs.StringVar(&o.cpu, "cpu", "", "")
 	fs.StringVar(&o.memory, "memory", "", "")
+	fs.StringVar(&o.username, "username", "", "")
+	fs.StringVar(&o.dockerConfig, "docker-config", "", "")
 	fs.BoolVar(&o.follow, "follow", false, "")
 	fs.IntVar(&o.tail, "tail", 0, "")
 	o.os.register(fs)
@@ -264,6 +271,8 @@ func run(ctx context.Context, args []string, sys IO) error {
 		cmd = cmdTenantAdd
 	case "image":
 		cmd = cmdImagePush
+	case "registry":
+		cmd = cmdRegistry
 	case "os":
 		if cmd, err = osCommand(o.args, sys); cmd == nil {
 			return err
@@ -278,8 +287,8 @@ func run(ctx context.Context, args []string, sys IO) error {
 	default:
 		return fail(ExitUsage, "unknown command %q (see berthctl --help)", o.command)
 	}
-	maxArgs := map[string]int{"node": 1, "ps": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3, "os": 2}
-	minArgs := map[string]int{"node": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
+	maxArgs := map[string]int{"node": 1, "ps": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3, "os": 2, "registry": 2}
+	minArgs := map[string]int{"registry": 2, "node": 1, "logs": 1, "stop": 1, "start": 1, "rm": 1, "tenant": 2, "image": 3}
 	if n := len(o.args); n < minArgs[o.command] || n > maxArgs[o.command] {
 		if minArgs[o.command] == maxArgs[o.command] {
 			return fail(ExitUsage, "%s takes %d argument(s), got %d", o.command, maxArgs[o.command], n)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -29,6 +30,11 @@ const layerParallelism = 3
 // record. Every manifest, config and layer is checked against its digest and
 // every layer's uncompressed content against its diffID before it is kept.
 func (s *Store) Pull(ctx context.Context, ref string) (Image, error) {
+	return s.PullWithAuth(ctx, ref, nil)
+}
+
+// PullWithAuth is Pull with credentials for the registry (nil = anonymous).
+func (s *Store) PullWithAuth(ctx context.Context, ref string, auth authn.Authenticator) (Image, error) {
 	r, err := s.parseRef(ref)
 	if err != nil {
 		return Image{}, err
@@ -36,7 +42,11 @@ func (s *Store) Pull(ctx context.Context, ref string) (Image, error) {
 	s.gcLock.RLock()
 	defer s.gcLock.RUnlock()
 
-	desc, err := remote.Get(r, s.remoteOptions(ctx)...)
+	opts := s.remoteOptions(ctx)
+	if auth != nil {
+		opts = append(opts, remote.WithAuth(auth))
+	}
+	desc, err := remote.Get(r, opts...)
 	if err != nil {
 		return Image{}, s.registryError(r, err)
 	}

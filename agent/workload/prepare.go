@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"path"
@@ -9,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/berth-os/berth/agent/images"
 	"github.com/berth-os/berth/agent/jobs"
@@ -38,7 +42,7 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 	if err != nil {
 		w.report(ctx, want, jobs.ReplicaStatus{State: "pulling", Reason: "pulling " + jobs.PinnedRef(job.Image, job.ImageDigest)})
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		img, err = m.o.Images.Pull(pctx, ref)
+		img, err = m.pull(pctx, w.ref.Tenant, job.Image, ref)
 		cancel()
 		if err != nil {
 			return runtime.Spec{}, fmt.Errorf("pull: %w", err)
@@ -132,6 +136,34 @@ func (m *Manager) imageRef(tenant string, job jobs.Job) (string, error) {
 		return m.o.LocalRegistry + "/" + ci.Repository + "@" + ci.Digest, nil
 	}
 	return m.o.LocalRegistry + "/" + ci.Repository + ":" + ci.Tag, nil
+}
+
+// pull fetches ref for tenant. An image outside the cluster is pulled
+// with the tenant's stored credentials for its registry, if any: one
+// tenant's credentials never serve another tenant's pull.
+func (m *Manager) pull(ctx context.Context, tenant, image, ref string) (images.Image, error) {
+	if strings.HasPrefix(image, ClusterRegistryHost+"/") {
+		return m.o.Images.Pull(ctx, ref)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return images.Image{}, fmt.Errorf("image %q: %w", image, err)
+	}
+	reg := r.Context().RegistryStr()
+	resp, err := m.cli.Get(ctx, jobs.RegistryAuthKey(tenant, reg))
+	if err != nil {
+		return images.Image{}, fmt.Errorf("read tenant %s's credentials for %s: %w", tenant, reg, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return m.o.Images.Pull(ctx, ref)
+	}
+	var a jobs.RegistryAuth
+	if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
+		// Say which record, never what is in it.
+		return images.Image{}, fmt.Errorf("tenant %s's credentials for %s are unreadable (store them again with berthctl registry login)", tenant, reg)
+	}
+	auth := authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
+	return m.o.Images.PullWithAuth(ctx, ref, auth)
 }
 
 // commandLine follows Docker's rules: the job's command replaces the

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -32,6 +33,7 @@ import (
 type ImageStore interface {
 	Get(refOrDigest string) (images.Image, error)
 	Pull(ctx context.Context, ref string) (images.Image, error)
+	PullWithAuth(ctx context.Context, ref string, auth authn.Authenticator) (images.Image, error)
 	Mount(ctx context.Context, digest, id string) (string, error)
 	Unmount(id string) error
 	GC(ctx context.Context, inUse func(digest string) bool) (int64, error)

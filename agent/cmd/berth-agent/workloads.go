@@ -60,8 +60,12 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
+	apiHost := ""
+	if u, err := url.Parse(cfg.APIURL); err == nil {
+		apiHost = u.Host
+	}
 	store, err := images.Open(filepath.Join(cfg.StateDir, "images"), images.Options{
-		Transport: lazyNodeTransport(cfg.DataDir), Log: log.With("component", "images"),
+		Transport: imageTransport(cfg.DataDir, apiHost), Log: log.With("component", "images"),
 	})
 	if err != nil {
 		return err
@@ -71,10 +75,6 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		DisableIPv6: !cfg.BridgeSubnet6.IsValid(),
 		StateDir:    filepath.Join(cfg.StateDir, "net"),
 		NetNSDir:    cfg.NetNSDir,
-	}
-	apiHost := ""
-	if u, err := url.Parse(cfg.APIURL); err == nil {
-		apiHost = u.Host
 	}
 	mgr, err := workload.New(workload.Options{
 		Node: cfg.Name, Runtime: rt, Images: store,
@@ -135,6 +135,34 @@ func lazyNodeTransport(dataDir string) http.RoundTripper {
 			return nil, trErr
 		}
 		return tr.RoundTrip(r)
+	})
+}
+
+// imageTransport carries image pulls: to this node's own registry (the
+// cluster registry) with the node's certificate; to any other registry
+// trusting the system's roots and the cluster CA, without presenting the
+// node's identity to it.
+func imageTransport(dataDir, localHost string) http.RoundTripper {
+	node := lazyNodeTransport(dataDir)
+	var once sync.Once
+	var outside http.RoundTripper
+	return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.Host == localHost {
+			return node.RoundTrip(r)
+		}
+		once.Do(func() {
+			pool, err := x509.SystemCertPool()
+			if err != nil || pool == nil {
+				pool = x509.NewCertPool()
+			}
+			if ca, err := os.ReadFile(filepath.Join(dataDir, "pki", "ca.crt")); err == nil {
+				pool.AppendCertsFromPEM(ca)
+			}
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+			outside = tr
+		})
+		return outside.RoundTrip(r)
 	})
 }
 
