@@ -77,6 +77,19 @@ type Options struct {
 	// API adds handlers to the agent's HTTPS API listener, which every
 	// node serves; /v1/join is there only on nodes holding the CA key.
 	API func(mux *http.ServeMux)
+
+	// etcd's space (space.go): the backend quota (default 2 GiB), the
+	// history periodic auto-compaction keeps (default 5 min), how often
+	// one member may be defragmented (default 1 h).
+	QuotaBytes          int64
+	CompactionRetention time.Duration
+	DefragInterval      time.Duration
+	// NodeRefresh is the node document's slow refresh (state.Publisher's
+	// Interval; default state.DefaultRefresh).
+	NodeRefresh time.Duration
+	// RebootSlotHolders names the nodes holding a rollout reboot slot:
+	// their members are never defragmented (they are rebooting). nil: none.
+	RebootSlotHolders func(ctx context.Context, cli *clientv3.Client) (map[string]bool, error)
 }
 
 // Agent is one node's cluster agent.
@@ -101,6 +114,7 @@ type Agent struct {
 	st   *nodeState
 
 	role     atomic.Value // string: state.RoleVoter, RoleLearner or RoleClient
+	space    atomic.Value // string: state.SpaceLow, SpaceFull or ""
 	ready    atomic.Bool
 	etcdDown atomic.Bool
 	readyCh  chan struct{}
@@ -134,6 +148,18 @@ func New(opts Options) (*Agent, error) {
 	if opts.EtcdLogLevel == "" {
 		opts.EtcdLogLevel = "warn"
 	}
+	if opts.QuotaBytes <= 0 {
+		opts.QuotaBytes = DefaultQuotaBytes
+	}
+	if opts.CompactionRetention <= 0 {
+		opts.CompactionRetention = DefaultCompactionRetention
+	}
+	if opts.DefragInterval <= 0 {
+		opts.DefragInterval = DefaultDefragInterval
+	}
+	if opts.NodeRefresh <= 0 {
+		opts.NodeRefresh = state.DefaultRefresh
+	}
 	if opts.EtcdLogOutput == "" {
 		opts.EtcdLogOutput = embed.StdErrLogOutput
 	}
@@ -145,6 +171,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := &Agent{opts: opts, log: opts.Log, readyCh: make(chan struct{})}
 	a.role.Store("")
+	a.space.Store("")
 	return a, nil
 }
 
@@ -281,6 +308,7 @@ func (a *Agent) run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { a.recordJoinURLs(ctx) })
+	wg.Go(func() { a.spaceLoop(ctx) })
 	pub := a.newPublisher()
 	a.pub.Store(pub)
 	wg.Go(func() {
@@ -505,6 +533,14 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 	cfg.ElectionMs = uint(a.opts.ElectionTimeout / time.Millisecond)
 	cfg.ClientTLSInfo = a.tlsInfo()
 	cfg.PeerTLSInfo = a.tlsInfo()
+	// History is compacted on a clock, not by revision count: a watcher
+	// lagging or disconnected less than the retention resumes where it
+	// was whatever the write rate; one that lags more gets "compacted"
+	// and lists again (the scheduler and the rollout watchers do). etcd
+	// runs the compactor on every member; only the leader's acts.
+	cfg.AutoCompactionMode = embed.CompactorModePeriodic
+	cfg.AutoCompactionRetention = a.opts.CompactionRetention.String()
+	cfg.QuotaBackendBytes = a.opts.QuotaBytes
 	cfg.Logger = "zap"
 	cfg.LogLevel = a.opts.EtcdLogLevel
 	cfg.LogOutputs = []string{a.opts.EtcdLogOutput}
@@ -840,11 +876,14 @@ func (a *Agent) newPublisher() *state.Publisher {
 		if c.Draining == nil {
 			c.Draining = a.opts.Draining
 		}
+		if c.EtcdSpace == nil {
+			c.EtcdSpace = a.Space
+		}
 		return c.Collect()
 	}
 	p := state.NewPublisher(a.cli, a.opts.Name, collect, a.opts.NodeTTL)
-	// Re-put well within the TTL, so one slow request never loses the document.
-	p.Interval = min(p.Interval, a.opts.NodeTTL/3)
+	p.Interval = a.opts.NodeRefresh
 	p.Log = a.log
+	p.OnWrite = func(reason string) { nodeWritesTotal.WithLabelValues(reason).Inc() }
 	return p
 }

@@ -25,8 +25,21 @@ var (
 		Name: "berth_agent_role",
 		Help: "1 for the agent's current role (voter, learner, client).",
 	}, []string{"role"})
+	nodeWritesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_agent_node_document_writes_total",
+		Help: "Puts of this node's document, by reason (start, change, refresh, load, memory, trigger).",
+	}, []string{"reason"})
+	nospaceGauge = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "berth_agent_etcd_nospace_alarm",
+		Help: "1 while this agent sees etcd's NOSPACE alarm (the cluster refuses writes).",
+	})
+	spaceActionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "berth_agent_etcd_space_actions_total",
+		Help: "Space maintenance done by this agent as the etcd leader's: compact (under NOSPACE), defrag, disarm; by outcome (ok, error).",
+	}, []string{"action", "outcome"})
 )
 
 func init() {
-	prometheus.MustRegister(joinsTotal, promotionsTotal, membersRemovedTotal, readyGauge, roleGauge)
+	prometheus.MustRegister(joinsTotal, promotionsTotal, membersRemovedTotal, readyGauge, roleGauge,
+		nodeWritesTotal, nospaceGauge, spaceActionsTotal)
 }

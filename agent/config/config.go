@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"gopkg.in/yaml.v3"
 
 	"github.com/berth-os/berth/agent/pki"
@@ -46,6 +47,15 @@ type Config struct {
 	ElectionTimeout   time.Duration
 	LogLevel          string // debug, info, warn, error
 	EtcdLogLevel      string // etcd's own (zap) log level
+	// etcd's space: the backend quota, how much history auto-compaction
+	// keeps (periodic mode), and how often each member may be defragmented.
+	EtcdQuotaBytes      int64
+	CompactionRetention time.Duration
+	DefragInterval      time.Duration
+	// NodeRefresh is how often the node document's slowly changing
+	// figures (load, free memory, uptime) are rewritten when nothing else
+	// changed.
+	NodeRefresh time.Duration
 
 	// Workloads (containers). Labels are matched by jobs' node selectors.
 	Labels          map[string]string
@@ -63,23 +73,27 @@ type Config struct {
 // file mirrors the YAML file. Durations are strings ("30s") so that a bare
 // number is refused instead of silently meaning nanoseconds.
 type file struct {
-	Name              string   `yaml:"name"`
-	DataDir           string   `yaml:"data_dir"`
-	PeerURL           string   `yaml:"peer_url"`
-	ClientURL         string   `yaml:"client_url"`
-	APIURL            string   `yaml:"api_url"`
-	MetricsURL        string   `yaml:"metrics_url"`
-	AdvertiseIP       string   `yaml:"advertise_ip"`
-	Join              []string `yaml:"join"`
-	Token             string   `yaml:"token"`
-	TokenFile         string   `yaml:"token_file"`
-	Voters            int      `yaml:"voters"`
-	DeadAfter         string   `yaml:"dead_after"`
-	NodeTTL           string   `yaml:"node_ttl"`
-	HeartbeatInterval string   `yaml:"heartbeat_interval"`
-	ElectionTimeout   string   `yaml:"election_timeout"`
-	LogLevel          string   `yaml:"log_level"`
-	EtcdLogLevel      string   `yaml:"etcd_log_level"`
+	Name                string   `yaml:"name"`
+	DataDir             string   `yaml:"data_dir"`
+	PeerURL             string   `yaml:"peer_url"`
+	ClientURL           string   `yaml:"client_url"`
+	APIURL              string   `yaml:"api_url"`
+	MetricsURL          string   `yaml:"metrics_url"`
+	AdvertiseIP         string   `yaml:"advertise_ip"`
+	Join                []string `yaml:"join"`
+	Token               string   `yaml:"token"`
+	TokenFile           string   `yaml:"token_file"`
+	Voters              int      `yaml:"voters"`
+	DeadAfter           string   `yaml:"dead_after"`
+	NodeTTL             string   `yaml:"node_ttl"`
+	HeartbeatInterval   string   `yaml:"heartbeat_interval"`
+	ElectionTimeout     string   `yaml:"election_timeout"`
+	LogLevel            string   `yaml:"log_level"`
+	EtcdLogLevel        string   `yaml:"etcd_log_level"`
+	EtcdQuota           string   `yaml:"etcd_quota"`
+	CompactionRetention string   `yaml:"compaction_retention"`
+	DefragInterval      string   `yaml:"defrag_interval"`
+	NodeRefresh         string   `yaml:"node_refresh"`
 
 	Labels          map[string]string `yaml:"labels"`
 	Containers      *bool             `yaml:"containers"`
@@ -95,23 +109,27 @@ type file struct {
 
 func defaults() file {
 	return file{
-		DataDir:           "/var/lib/berth/agent",
-		MetricsURL:        "http://127.0.0.1:7481",
-		Voters:            3,
-		DeadAfter:         "30s",
-		NodeTTL:           state.DefaultTTL.String(),
-		HeartbeatInterval: "100ms",
-		ElectionTimeout:   "1s",
-		LogLevel:          "info",
-		EtcdLogLevel:      "warn",
-		StateDir:          "/var/lib/berth",
-		RescheduleGrace:   "10s",
-		Bridge:            "berth0",
-		BridgeSubnet:      "10.88.0.0/24",
-		BridgeSubnet6:     "fd42:6265:7274::/64",
-		PortBindIP:        "0.0.0.0",
-		CgroupParent:      "berth",
-		NetNSDir:          "/run/berth/netns",
+		DataDir:             "/var/lib/berth/agent",
+		MetricsURL:          "http://127.0.0.1:7481",
+		Voters:              3,
+		DeadAfter:           "30s",
+		NodeTTL:             state.DefaultTTL.String(),
+		HeartbeatInterval:   "100ms",
+		ElectionTimeout:     "1s",
+		LogLevel:            "info",
+		EtcdLogLevel:        "warn",
+		EtcdQuota:           "2GiB",
+		CompactionRetention: "5m",
+		DefragInterval:      "1h",
+		NodeRefresh:         "5m",
+		StateDir:            "/var/lib/berth",
+		RescheduleGrace:     "10s",
+		Bridge:              "berth0",
+		BridgeSubnet:        "10.88.0.0/24",
+		BridgeSubnet6:       "fd42:6265:7274::/64",
+		PortBindIP:          "0.0.0.0",
+		CgroupParent:        "berth",
+		NetNSDir:            "/run/berth/netns",
 	}
 }
 
@@ -166,6 +184,10 @@ func Parse(args []string) (Config, error) {
 	fs.StringVar(&flags.ElectionTimeout, "election-timeout", "", "etcd election timeout")
 	fs.StringVar(&flags.LogLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&flags.EtcdLogLevel, "etcd-log-level", "", "etcd's log level: debug, info, warn or error")
+	fs.StringVar(&flags.EtcdQuota, "etcd-quota", "", "etcd backend quota, e.g. 2GiB (writes stop with a NOSPACE alarm beyond it)")
+	fs.StringVar(&flags.CompactionRetention, "compaction-retention", "", "etcd history kept by auto-compaction (periodic), e.g. 5m")
+	fs.StringVar(&flags.DefragInterval, "defrag-interval", "", "defragment each etcd member at most this often (sooner when space runs low)")
+	fs.StringVar(&flags.NodeRefresh, "node-refresh", "", "rewrite the node document's load, free memory and uptime this often when nothing else changed")
 	labels := fs.String("labels", "", "node labels KEY=VALUE,... (matched by jobs' node_selector)")
 	containers := fs.Bool("containers", true, "run containers and the scheduler on this node")
 	fs.StringVar(&flags.StateDir, "state-dir", "", "containers, images, volumes and registry (default /var/lib/berth)")
@@ -239,6 +261,14 @@ func Parse(args []string) (Config, error) {
 			merged.LogLevel = flags.LogLevel
 		case "etcd-log-level":
 			merged.EtcdLogLevel = flags.EtcdLogLevel
+		case "etcd-quota":
+			merged.EtcdQuota = flags.EtcdQuota
+		case "compaction-retention":
+			merged.CompactionRetention = flags.CompactionRetention
+		case "defrag-interval":
+			merged.DefragInterval = flags.DefragInterval
+		case "node-refresh":
+			merged.NodeRefresh = flags.NodeRefresh
 		case "labels":
 			merged.Labels = map[string]string{}
 			for _, kv := range splitList(*labels) {
@@ -384,6 +414,9 @@ func (f file) validate() (Config, error) {
 		}
 	}
 
+	if err := f.validateSpace(&c); err != nil {
+		return Config{}, err
+	}
 	if err := f.validateWorkloads(&c); err != nil {
 		return Config{}, err
 	}
@@ -453,6 +486,48 @@ func firstGlobalIP() (string, error) {
 		}
 	}
 	return "", errors.New("no global unicast IPv4 address found")
+}
+
+// Bounds of the etcd space settings. Above 8 GiB etcd itself warns (its
+// suggested maximum); below 1 MiB not even an empty cluster fits.
+const (
+	minQuota = 1 << 20
+	maxQuota = 8 << 30
+)
+
+// validateSpace checks the etcd quota, compaction, defragmentation and
+// node document refresh settings.
+func (f file) validateSpace(c *Config) error {
+	q, err := humanize.ParseBytes(f.EtcdQuota)
+	if err != nil {
+		return fmt.Errorf("etcd-quota: %q is not a size like 2GiB or 512MiB", f.EtcdQuota)
+	}
+	if q < minQuota || q > maxQuota {
+		return fmt.Errorf("etcd-quota: %s must be between 1MiB and 8GiB", humanize.IBytes(q))
+	}
+	c.EtcdQuotaBytes = int64(q)
+	durations := []struct {
+		name, text string
+		into       *time.Duration
+		min, max   time.Duration
+	}{
+		// Retention is how long a watcher may lag or be disconnected and
+		// still resume without listing again; 0 (off) is not offered.
+		{"compaction-retention", f.CompactionRetention, &c.CompactionRetention, time.Second, 24 * time.Hour},
+		{"defrag-interval", f.DefragInterval, &c.DefragInterval, time.Second, 7 * 24 * time.Hour},
+		{"node-refresh", f.NodeRefresh, &c.NodeRefresh, time.Second, 24 * time.Hour},
+	}
+	for _, d := range durations {
+		v, err := time.ParseDuration(d.text)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a duration like 5m", d.name, d.text)
+		}
+		if v < d.min || v > d.max {
+			return fmt.Errorf("%s: %s must be between %s and %s", d.name, v, d.min, d.max)
+		}
+		*d.into = v
+	}
+	return nil
 }
 
 // validateWorkloads checks the container settings.

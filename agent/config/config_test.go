@@ -60,6 +60,13 @@ func TestErrorsAreOneLine(t *testing.T) {
 		"election too low": {args: []string{"--heartbeat-interval", "100ms", "--election-timeout", "200ms"}, want: "election-timeout"},
 		"unknown flag":     {args: []string{"--frobnicate"}, want: "flags:"},
 		"missing file":     {args: []string{"--config", "/nonexistent/agent.yaml"}, want: "config file"},
+		"quota not a size": {args: []string{"--etcd-quota", "lots"}, want: "etcd-quota: \"lots\" is not a size"},
+		"quota too small":  {file: "etcd_quota: 64KiB\n", want: "etcd-quota: 64 KiB must be between"},
+		"quota too big":    {args: []string{"--etcd-quota", "16GiB"}, want: "etcd-quota: 16 GiB must be between"},
+		"retention zero":   {args: []string{"--compaction-retention", "0s"}, want: "compaction-retention: 0s must be between"},
+		"retention bare":   {file: "compaction_retention: 300\n", want: "compaction-retention: \"300\" is not a duration"},
+		"defrag too fast":  {args: []string{"--defrag-interval", "10ms"}, want: "defrag-interval"},
+		"refresh too long": {args: []string{"--node-refresh", "48h"}, want: "node-refresh: 48h0m0s must be between"},
 	}
 	for name, tc := range cases {
 		args := append([]string{}, base...)
@@ -74,5 +81,24 @@ func TestErrorsAreOneLine(t *testing.T) {
 		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: error %q, want one line containing %q", name, err, tc.want)
 		}
+	}
+}
+
+func TestSpaceSettings(t *testing.T) {
+	base := []string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--config", writeFile(t, "")}
+	c, err := Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EtcdQuotaBytes != 2<<30 || c.CompactionRetention != 5*time.Minute || c.DefragInterval != time.Hour || c.NodeRefresh != 5*time.Minute {
+		t.Fatalf("defaults: quota %d retention %s defrag %s refresh %s", c.EtcdQuotaBytes, c.CompactionRetention, c.DefragInterval, c.NodeRefresh)
+	}
+	p := writeFile(t, "etcd_quota: 512MiB\ncompaction_retention: 10m\ndefrag_interval: 30m\nnode_refresh: 1m\n")
+	c, err = Parse([]string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--config", p, "--etcd-quota", "16MB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EtcdQuotaBytes != 16e6 || c.CompactionRetention != 10*time.Minute || c.DefragInterval != 30*time.Minute || c.NodeRefresh != time.Minute {
+		t.Fatalf("file+flags: quota %d retention %s defrag %s refresh %s", c.EtcdQuotaBytes, c.CompactionRetention, c.DefragInterval, c.NodeRefresh)
 	}
 }

@@ -195,6 +195,23 @@ func Holders(ctx context.Context, cli *clientv3.Client, group string) ([]LockVal
 	return decodeHolders(resp.Kvs)
 }
 
+// SlotHolders names every node holding a reboot slot in any group: nodes
+// rebooting for a rollout, which maintenance (defragmentation) and
+// self-healing leave alone.
+func SlotHolders(ctx context.Context, cli *clientv3.Client) (map[string]bool, error) {
+	resp, err := cli.Get(ctx, LockPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("reboot semaphore: read holders: %w", err)
+	}
+	out := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if _, holder, err := ParseLockKey(string(kv.Key)); err == nil {
+			out[holder] = true
+		}
+	}
+	return out, nil
+}
+
 func decodeHolders(kvs []*mvccpb.KeyValue) ([]LockValue, error) {
 	out := make([]LockValue, 0, len(kvs))
 	for _, kv := range kvs {

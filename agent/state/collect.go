@@ -49,8 +49,10 @@ type Collector struct {
 	// Draining tells whether the node is being emptied for a reboot; nil
 	// means never.
 	Draining func() bool
-	Now      func() time.Time
-	Log      *slog.Logger
+	// EtcdSpace reports SpaceLow or SpaceFull ("" when fine); nil: "".
+	EtcdSpace func() string
+	Now       func() time.Time
+	Log       *slog.Logger
 }
 
 // Collect returns the document, filled as far as the system allows. What
@@ -89,6 +91,9 @@ func (c *Collector) Gather() (Node, error) {
 		Ready:     c.Ready == nil || c.Ready(),
 		Draining:  c.Draining != nil && c.Draining(),
 		Labels:    c.Labels,
+	}
+	if c.EtcdSpace != nil {
+		n.EtcdSpace = c.EtcdSpace()
 	}
 	if n.Agent.Version == "" {
 		n.Agent.Version = "dev"

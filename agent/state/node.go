@@ -7,6 +7,7 @@ package state
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -32,14 +33,21 @@ type Node struct {
 	Memory        Memory     `json:"memory"`
 	Agent         Agent      `json:"agent"`
 	Containers    Containers `json:"containers"`
-	Heartbeat     time.Time  `json:"heartbeat"`
-	Ready         bool       `json:"ready"`
+	// Heartbeat is when the document was last written. Liveness is the
+	// key itself, bound to the node's lease; the document is rewritten
+	// only when it changes or to refresh its slow figures (see Publisher).
+	Heartbeat time.Time `json:"heartbeat"`
+	Ready     bool      `json:"ready"`
 	// Draining: the node is being emptied for a reboot (an OS update); the
 	// scheduler gives it no new replicas and moves its replicas elsewhere.
 	Draining bool `json:"draining,omitempty"`
 	// Labels are the operator's node labels (agent config), matched by a
 	// job's node_selector.
 	Labels map[string]string `json:"labels,omitempty"`
+	// EtcdSpace (omitted when fine) is SpaceLow when this node's etcd
+	// member is past 80% of its quota, SpaceFull under a NOSPACE alarm
+	// (written once writes are possible again, or not at all).
+	EtcdSpace string `json:"etcd_space,omitempty"`
 }
 
 // OS is the running OS and its update state. Off a berth node (no slot on
@@ -103,6 +111,40 @@ func ParseNode(data []byte) (Node, error) {
 		return Node{}, fmt.Errorf("node document %q has schema %q, want %q", n.Name, n.Schema, Schema)
 	}
 	return n, nil
+}
+
+// DefaultRefresh is the default slow refresh of the node document: an
+// idle node writes it 3600/300 = 12 times an hour (24 at most when its
+// load or free memory keep moving past their thresholds).
+const DefaultRefresh = 5 * time.Minute
+
+// WriteReason decides whether a node writes its document cur now, given
+// last, the document it last wrote at lastWrite: "change" when a field
+// that anyone reads changed (everything but heartbeat, uptime, load and
+// free memory), "refresh" when refresh has passed, "load" or "memory"
+// when that figure moved past its threshold (a change in load1 of at
+// least max(1, cores/2), in free memory of at least a tenth of the total)
+// and refresh/2 has passed, so such writes come at most twice per
+// refresh. "" means no write.
+func WriteReason(last, cur Node, lastWrite, now time.Time, refresh time.Duration) string {
+	if !sameContent(last, cur) {
+		return "change"
+	}
+	since := now.Sub(lastWrite)
+	if since >= refresh {
+		return "refresh"
+	}
+	if since < refresh/2 {
+		return ""
+	}
+	if math.Abs(cur.CPU.Load1-last.CPU.Load1) >= max(1, float64(cur.CPU.Cores)/2) {
+		return "load"
+	}
+	moved := int64(cur.Memory.AvailableBytes) - int64(last.Memory.AvailableBytes)
+	if cur.Memory.TotalBytes > 0 && uint64(max(moved, -moved))*10 >= cur.Memory.TotalBytes {
+		return "memory"
+	}
+	return ""
 }
 
 // sameContent tells whether two documents differ only in the fields that

@@ -15,21 +15,27 @@ import (
 // Publisher keeps a node's document in etcd under a lease: the lease is
 // kept alive with KeepAlive (one stream for all leases of the client, not a
 // re-put of a TTL key), so the document vanishes TTL seconds after the node
-// stops answering, and the document is re-put on a timer and on changes.
+// stops answering. Liveness is that keep-alive alone: a put does not extend
+// a lease, so the document is written only when WriteReason says so (a
+// change, the slow refresh, a figure past its threshold) or on Trigger.
 type Publisher struct {
 	cli     *clientv3.Client
 	name    string
 	collect func() Node
 	ttl     time.Duration
 
-	// Interval is how often the document is re-put (the heartbeat).
+	// Interval is the slow refresh: how often the slowly changing figures
+	// (load, free memory, uptime, the heartbeat time) are rewritten when
+	// nothing else changed. Default DefaultRefresh.
 	Interval time.Duration
-	// Poll is how often the document is collected to look for changes that
-	// are published before the next heartbeat.
+	// Poll is how often the document is collected to look for changes.
 	Poll time.Duration
 	// RequestTimeout bounds each etcd call.
 	RequestTimeout time.Duration
 	Log            *slog.Logger
+	// OnWrite, when set, is called after each successful put with its
+	// reason (a WriteReason, "start" or "trigger"), for metrics.
+	OnWrite func(reason string)
 
 	trigger   chan struct{}
 	readyOnce sync.Once
@@ -45,7 +51,7 @@ func NewPublisher(cli *clientv3.Client, name string, collect func() Node, ttl ti
 	}
 	return &Publisher{
 		cli: cli, name: name, collect: collect, ttl: ttl,
-		Interval:       3 * time.Second,
+		Interval:       DefaultRefresh,
 		Poll:           time.Second,
 		RequestTimeout: 3 * time.Second,
 		Log:            slog.Default(),
@@ -83,8 +89,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if p.ttl < 2*time.Second || p.ttl%time.Second != 0 {
 		return fmt.Errorf("publish node document %q: lease TTL %v must be whole seconds and at least 2s", p.name, p.ttl)
 	}
-	if p.Interval <= 0 || p.Interval >= p.ttl {
-		return fmt.Errorf("publish node document %q: interval %v must be positive and shorter than the TTL %v", p.name, p.Interval, p.ttl)
+	if p.Interval <= 0 || p.Poll <= 0 {
+		return fmt.Errorf("publish node document %q: refresh interval %v and poll %v must be positive", p.name, p.Interval, p.Poll)
 	}
 	backoff := newBackoff(200*time.Millisecond, p.ttl/2)
 	for {
@@ -110,22 +116,25 @@ func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
 	defer stop()
 	defer p.revoke(lease)
 
-	last, err := p.put(ctx, lease)
+	last, err := p.put(ctx, lease, "start", p.document())
 	if err != nil {
 		return err
 	}
+	lastWrite := time.Now()
 	backoff.reset()
 
 	kaCh, err := p.cli.KeepAlive(leaseCtx, lease)
 	if err != nil {
 		return fmt.Errorf("keep lease %x alive: %w", lease, err)
 	}
-	heartbeat := time.NewTicker(p.Interval)
-	defer heartbeat.Stop()
 	poll := time.NewTicker(p.Poll)
 	defer poll.Stop()
+	var retryAt time.Time // after a failed put: not before then
+	retry := newBackoff(p.Poll, 30*time.Second)
+	var lastErr string
 	for {
-		doPut := false
+		var reason string
+		var doc Node
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -135,25 +144,34 @@ func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
 			if !ok {
 				return fmt.Errorf("%w: keepalive of lease %x ended", errLeaseLost, lease)
 			}
-		case <-heartbeat.C:
-			doPut = true
 		case <-p.trigger:
-			doPut = true
-		case <-poll.C:
-			doPut = !sameContent(last, p.document())
+			reason, doc = "trigger", p.document()
+		case now := <-poll.C:
+			if now.Before(retryAt) {
+				continue
+			}
+			doc = p.document()
+			reason = WriteReason(last, doc, lastWrite, now, p.Interval)
 		}
-		if !doPut {
+		if reason == "" {
 			continue
 		}
-		doc, err := p.put(ctx, lease)
+		written, err := p.put(ctx, lease, reason, doc)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return fmt.Errorf("%w: %v", errLeaseLost, err)
 		case err != nil:
-			// Transient: the keepalive decides whether the lease survives.
-			p.Log.Warn("publish node document", "node", p.name, "err", err)
+			// Transient: the keepalive decides whether the lease
+			// survives. Retried with backoff; the same error is logged
+			// once, not every second (a NOSPACE alarm can last).
+			retryAt = time.Now().Add(retry.next())
+			if msg := err.Error(); msg != lastErr {
+				lastErr = msg
+				p.Log.Warn("publish node document", "node", p.name, "err", ExplainNoSpace(err))
+			}
 		default:
-			last = doc
+			last, lastWrite, retryAt, lastErr = written, time.Now(), time.Time{}, ""
+			retry.reset()
 		}
 	}
 }
@@ -176,8 +194,7 @@ func (p *Publisher) grant(ctx context.Context) (clientv3.LeaseID, error) {
 }
 
 // put writes the current document with the lease and returns what it wrote.
-func (p *Publisher) put(ctx context.Context, lease clientv3.LeaseID) (Node, error) {
-	doc := p.document()
+func (p *Publisher) put(ctx context.Context, lease clientv3.LeaseID, reason string, doc Node) (Node, error) {
 	doc.Heartbeat = time.Now().UTC().Truncate(time.Second)
 	data, err := doc.Marshal()
 	if err != nil {
@@ -189,6 +206,9 @@ func (p *Publisher) put(ctx context.Context, lease clientv3.LeaseID) (Node, erro
 		return Node{}, fmt.Errorf("put %s: %w", NodeKey(p.name), err)
 	}
 	p.readyOnce.Do(func() { close(p.ready) })
+	if p.OnWrite != nil {
+		p.OnWrite(reason)
+	}
 	return doc, nil
 }
 

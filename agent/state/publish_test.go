@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -304,5 +305,62 @@ func TestPublisherPublishesDraining(t *testing.T) {
 	draining.Store(false)
 	if !waitFor(2*time.Second, func() bool { return !published().Draining }) {
 		t.Fatal("end of draining not published within 2s")
+	}
+}
+
+// An idle node writes nothing between refreshes: its document lives on
+// the lease's keep-alive alone, across several TTLs.
+func TestPublisherIdleWritesNothing(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	var writes atomic.Int64
+	p := state.NewPublisher(cli, "node-7", fixedDoc(&role), 2*time.Second)
+	p.Poll = 50 * time.Millisecond
+	p.OnWrite = func(string) { writes.Add(1) }
+	p.Log = quiet
+	startPublisher(t, p)
+	_, lease, _ := getKV(t, cli, state.NodeKey("node-7"))
+	first, err := cli.Get(context.Background(), state.NodeKey("node-7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second) // 2.5 TTLs, 100 polls
+	got, err := cli.Get(context.Background(), state.NodeKey("node-7"))
+	if err != nil || len(got.Kvs) != 1 {
+		t.Fatalf("document gone after 2.5 TTLs without writes: %v", err)
+	}
+	if got.Kvs[0].Lease != lease {
+		t.Fatalf("lease changed from %x to %x", lease, got.Kvs[0].Lease)
+	}
+	if mod := got.Kvs[0].ModRevision; mod != first.Kvs[0].ModRevision || writes.Load() != 1 {
+		t.Fatalf("idle publisher wrote: mod revision %d -> %d, %d writes (want the first only)", first.Kvs[0].ModRevision, mod, writes.Load())
+	}
+	// A change is still written at the next poll.
+	role.Store("learner")
+	if !waitFor(time.Second, func() bool { return writes.Load() == 2 }) {
+		t.Fatalf("role change not written within a second (%d writes)", writes.Load())
+	}
+}
+
+// The slow refresh rewrites an unchanged document every Interval.
+func TestPublisherRefreshes(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	var reasons []string
+	var mu sync.Mutex
+	p := state.NewPublisher(cli, "node-8", fixedDoc(&role), 2*time.Second)
+	p.Poll, p.Interval = 50*time.Millisecond, time.Second
+	p.OnWrite = func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() }
+	p.Log = quiet
+	startPublisher(t, p)
+	time.Sleep(3500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) < 3 || len(reasons) > 5 || reasons[0] != "start" || reasons[1] != "refresh" {
+		t.Fatalf("writes in 3.5s with a 1s refresh: %v, want start then 3 refreshes", reasons)
 	}
 }

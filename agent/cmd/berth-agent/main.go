@@ -28,6 +28,7 @@ import (
 	"github.com/berth-os/berth/agent/cluster"
 	"github.com/berth-os/berth/agent/config"
 	"github.com/berth-os/berth/agent/nodeconfig"
+	"github.com/berth-os/berth/agent/rollout"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -81,6 +82,10 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 		HeartbeatInterval: cfg.HeartbeatInterval, ElectionTimeout: cfg.ElectionTimeout,
 		EtcdLogLevel: cfg.EtcdLogLevel, EtcdLogOutput: etcdLog,
 		AgentVersion: version, Log: log, Labels: cfg.Labels,
+		QuotaBytes: cfg.EtcdQuotaBytes, CompactionRetention: cfg.CompactionRetention,
+		DefragInterval: cfg.DefragInterval, NodeRefresh: cfg.NodeRefresh,
+		// A voter rebooting for a rollout is not defragmented.
+		RebootSlotHolders: rollout.SlotHolders,
 	}
 	if err := workloads(cfg, &opts, log); err != nil {
 		return err
