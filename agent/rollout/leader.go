@@ -15,8 +15,10 @@ import (
 // that marks nodes past their deadline failed and pauses a rollout whose
 // error budget is spent. Its decisions are pure functions of the stored
 // state (Evaluate), written with compare-and-swap (Apply), so a new
-// leader simply carries on.
-const LeaderKey = Prefix + "leader/"
+// leader simply carries on. The election adds "/" and the campaigner's
+// lease, so the keys are LeaderKey/<lease in hex>; the prefix itself ends
+// without a slash (it once did, which made .../leader//<lease>).
+const LeaderKey = Prefix + "leader"
 
 // Leader campaigns for rollout leadership and, while leading, evaluates
 // the rollout every interval (and on every change under Prefix).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -304,5 +305,47 @@ func TestSemaphoreReentrantAndOwned(t *testing.T) {
 	}
 	if _, err := NewSemaphore(cli, "All", "node-x", 1); err == nil {
 		t.Error("bad group accepted")
+	}
+}
+
+func TestSlotHolders(t *testing.T) {
+	cli := etcdtest.Start(t, etcdtest.Options{}).Client(t)
+	lease := grant(t, cli, 30)
+	for _, g := range []struct{ group, holder string }{{"all", "n1"}, {VotersGroup, "n1"}, {"edge", "n2"}} {
+		if ok, err := newSem(t, cli, g.group, g.holder, lease).TryAcquire(context.Background(), 2); err != nil || !ok {
+			t.Fatalf("acquire %s/%s: %v %v", g.group, g.holder, ok, err)
+		}
+	}
+	got, err := SlotHolders(context.Background(), cli)
+	if err != nil || len(got) != 2 || !got["n1"] || !got["n2"] {
+		t.Fatalf("SlotHolders = %v, %v; want n1 and n2", got, err)
+	}
+}
+
+// The election's keys are LeaderKey/<lease>: one slash, not two.
+func TestLeaderKeyHasOneSlash(t *testing.T) {
+	cli := etcdtest.Start(t, etcdtest.Options{}).Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); (&Leader{Node: "n1", Interval: time.Hour}).Run(ctx, cli) }()
+	defer func() { cancel(); <-done }()
+	var keys []string
+	deadline := time.Now().Add(10 * time.Second)
+	for len(keys) == 0 && time.Now().Before(deadline) {
+		resp, err := cli.Get(ctx, Prefix+"leader", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			keys = append(keys, string(kv.Key))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(keys) != 1 {
+		t.Fatalf("election keys %v, want one", keys)
+	}
+	rest, ok := strings.CutPrefix(keys[0], "/berth/v1/rollout/leader/")
+	if !ok || rest == "" || strings.Contains(rest, "/") {
+		t.Fatalf("election key %q, want /berth/v1/rollout/leader/<lease>", keys[0])
 	}
 }
