@@ -585,6 +585,8 @@ ports:
 	})
 	e.mustCtl("acme", "rm", "web")
 	done()
+
+	e.registryScenario(t)
 }
 
 // argsOf rebuilds the container flags of a node (for a restart).
