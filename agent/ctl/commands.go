@@ -97,8 +97,15 @@ func cmdNodes(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
+	warnings := spaceWarnings(ctx, s, list)
 	if s.opts.output != "table" {
+		for _, w := range warnings {
+			fmt.Fprintln(s.sys.Stderr, w) // keep stdout parseable
+		}
 		return writeStructured(s.sys.Stdout, s.opts.output, list)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(s.sys.Stdout, w)
 	}
 	now := s.sys.Now()
 	t := newTable(s.sys.Stdout, "NAME", "ROLE", "READY", "OS-VERSION", "SLOT", "UPDATE", "AGE")
@@ -117,6 +124,40 @@ func cmdNodes(ctx context.Context, s *session) error {
 		t.row(r.Name, orDash(r.Role), r.Status, version, slot, update, age)
 	}
 	return t.flush()
+}
+
+// spaceWarnings are the lines `berthctl nodes` prints above the table when
+// etcd's space is short: a NOSPACE alarm (from any endpoint's Status,
+// which lists the cluster's alarms and needs no write permission) and
+// members past 80% of their quota (from the node documents). A Status
+// that fails only costs the warning.
+func spaceWarnings(ctx context.Context, s *session, list NodeList) []string {
+	var out []string
+	for _, ep := range s.cli.Endpoints() {
+		cctx, cancel := context.WithTimeout(ctx, min(s.opts.timeout, 2*time.Second))
+		st, err := s.cli.Status(cctx, ep)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, e := range st.Errors {
+			if strings.Contains(e, "NOSPACE") {
+				out = append(out, "WARNING: etcd NOSPACE alarm: "+state.NoSpaceHint)
+				break
+			}
+		}
+		break
+	}
+	var low []string
+	for _, r := range list.Items {
+		if r.Document != nil && r.Document.EtcdSpace == state.SpaceLow {
+			low = append(low, r.Name)
+		}
+	}
+	if len(low) > 0 {
+		out = append(out, "WARNING: etcd database past 80% of its quota on "+strings.Join(low, ", ")+" (see etcd_quota)")
+	}
+	return out
 }
 
 func cmdNode(ctx context.Context, s *session) error {

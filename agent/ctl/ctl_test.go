@@ -374,3 +374,38 @@ func TestHumanDuration(t *testing.T) {
 		}
 	}
 }
+
+// Under a NOSPACE alarm `berthctl nodes` says so on its first line and a
+// write fails with what happens next and the remedy.
+func TestNoSpaceWarningAndError(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{QuotaBytes: 2 << 20})
+	publish(t, e, state.Node{Name: "node-1", Role: "voter", Ready: true, EtcdSpace: state.SpaceLow,
+		OS: state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}})
+	env := envFor(e)
+	code, out, _ := berthctl(t, env, "nodes")
+	if code != ctl.ExitOK || !strings.HasPrefix(out, "WARNING: etcd database past 80% of its quota on node-1") {
+		t.Fatalf("exit %d, want the low-space warning first:\n%s", code, out)
+	}
+	cli := e.Client(t)
+	big := strings.Repeat("x", 100<<10)
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = cli.Put(context.Background(), fmt.Sprintf("/fill/%d", i), big)
+	}
+	if !state.IsNoSpace(err) {
+		t.Fatalf("filling a 2 MiB quota ended with %v, want NOSPACE", err)
+	}
+	code, out, errOut := berthctl(t, env, "nodes")
+	first, _, _ := strings.Cut(out, "\n")
+	if code != ctl.ExitOK || !strings.HasPrefix(first, "WARNING: etcd NOSPACE alarm:") || !strings.Contains(first, "raise etcd_quota") {
+		t.Fatalf("exit %d (%s), first line %q, want the NOSPACE warning", code, errOut, first)
+	}
+	code, out, errOut = berthctl(t, env, "nodes", "-o", "json")
+	if code != ctl.ExitOK || !strings.Contains(errOut, "NOSPACE") || !strings.HasPrefix(out, "{") {
+		t.Fatalf("json: exit %d, stderr %q, stdout starts %.20q: want the warning on stderr only", code, errOut, out)
+	}
+	code, _, errOut = berthctl(t, env, "tenant", "add", "acme")
+	if code != ctl.ExitError || !strings.Contains(errOut, "NOSPACE alarm") || !strings.Contains(errOut, "delete data or raise etcd_quota") || strings.Count(errOut, "\n") != 1 {
+		t.Fatalf("write under NOSPACE: exit %d, stderr %q: want one line naming the remedy", code, errOut)
+	}
+}

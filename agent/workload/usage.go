@@ -33,6 +33,29 @@ type tenantUsage struct {
 	LastCPUNanos   uint64    `json:"last_cpu_nanos"`
 	LastSample     time.Time `json:"last_sample"`
 	published      string
+	publishedAt    time.Time
+	publishedUsage jobs.Usage
+}
+
+// usagePublishEvery is how often a tenant's usage on this node is written
+// to etcd while it keeps changing (it is sampled every UsageInterval and
+// kept on disk in between): 12 writes an hour per tenant and node instead
+// of one per sample (360 with the 10 s default).
+const usagePublishEvery = 5 * time.Minute
+
+// usageWriteDue decides whether a tenant's usage is written now: the first
+// time, when a figure that was zero no longer is (the first memory figure
+// needs a second sample), or usagePublishEvery after the last write.
+func usageWriteDue(published, cur jobs.Usage, publishedAt, now time.Time) bool {
+	switch {
+	case publishedAt.IsZero():
+		return true
+	case published.CPUSeconds == cur.CPUSeconds && published.MemoryGiBHours == cur.MemoryGiBHours:
+		return false
+	case published.CPUSeconds == 0 && cur.CPUSeconds != 0, published.MemoryGiBHours == 0 && cur.MemoryGiBHours != 0:
+		return true
+	}
+	return now.Sub(publishedAt) >= usagePublishEvery
 }
 
 // maxGap bounds how long one memory sample is assumed to have lasted, when
@@ -156,12 +179,15 @@ func (m *Manager) publishUsage(ctx context.Context) {
 		tenant string
 		data   []byte
 		u      *tenantUsage
+		usage  jobs.Usage
 	}
 	var todo []pending
+	now := time.Now()
 	for t, u := range m.usage.T {
-		data, _ := json.Marshal(jobs.Usage{CPUSeconds: u.CPUSeconds, MemoryGiBHours: u.MemoryGiBHours, Updated: u.LastSample.UTC()})
-		if string(data) != u.published {
-			todo = append(todo, pending{t, data, u})
+		cur := jobs.Usage{CPUSeconds: u.CPUSeconds, MemoryGiBHours: u.MemoryGiBHours, Updated: u.LastSample.UTC()}
+		data, _ := json.Marshal(cur)
+		if string(data) != u.published && usageWriteDue(u.publishedUsage, cur, u.publishedAt, now) {
+			todo = append(todo, pending{t, data, u, cur})
 		}
 	}
 	m.usage.mu.Unlock()
@@ -173,7 +199,7 @@ func (m *Manager) publishUsage(ctx context.Context) {
 			continue
 		}
 		m.usage.mu.Lock()
-		p.u.published = string(p.data)
+		p.u.published, p.u.publishedAt, p.u.publishedUsage = string(p.data), now, p.usage
 		m.usage.mu.Unlock()
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/berth-os/berth/agent/jobs"
 )
 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
@@ -71,3 +73,42 @@ func TestRestartDelayBacksOffToThirtySeconds(t *testing.T) {
 }
 
 func writeTestFile(path, text string) error { return os.WriteFile(path, []byte(text), 0o644) }
+
+func TestUsageWriteDue(t *testing.T) {
+	t0 := time.Date(2026, 11, 22, 18, 0, 0, 0, time.UTC)
+	u := func(cpu, mem float64) jobs.Usage { return jobs.Usage{CPUSeconds: cpu, MemoryGiBHours: mem} }
+	cases := []struct {
+		name     string
+		pub, cur jobs.Usage
+		at       time.Time
+		age      time.Duration
+		want     bool
+	}{
+		{"never written", u(0, 0), u(1, 0), time.Time{}, 0, true},
+		{"unchanged", u(1, 1), u(1, 1), t0, time.Hour, false},
+		{"changed within the cadence", u(1, 1), u(2, 1.1), t0, 4 * time.Minute, false},
+		{"changed after the cadence", u(1, 1), u(2, 1.1), t0, 5 * time.Minute, true},
+		{"first memory figure at once", u(1, 0), u(1.2, 0.001), t0, 10 * time.Second, true},
+		{"first cpu figure at once", u(0, 0.1), u(0.5, 0.1), t0, 10 * time.Second, true},
+	}
+	for _, tc := range cases {
+		if got := usageWriteDue(tc.pub, tc.cur, tc.at, t0.Add(tc.age)); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// A tenant whose usage moves at every 10 s sample: 12 writes an hour.
+	var pub jobs.Usage
+	var at time.Time
+	writes := 0
+	for s := 0; s < 360; s++ {
+		now := t0.Add(time.Duration(s) * 10 * time.Second)
+		cur := u(float64(s+1), float64(s+1))
+		if usageWriteDue(pub, cur, at, now) {
+			pub, at = cur, now
+			writes++
+		}
+	}
+	if writes > 12 {
+		t.Fatalf("%d usage writes in an hour of samples, want at most 12", writes)
+	}
+}

@@ -33,6 +33,8 @@ type Options struct {
 	// Auth turns etcd auth on with user "root" (role root); clients are
 	// identified by their certificate CN.
 	Auth bool
+	// QuotaBytes is the backend quota (0: etcd's default).
+	QuotaBytes int64
 }
 
 // Etcd is a running member and the files a client needs.
@@ -73,6 +75,7 @@ func Start(tb testing.TB, o Options) *Etcd {
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.ListenMetricsUrls = nil
+	cfg.QuotaBackendBytes = o.QuotaBytes
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
 	cfg.ClientTLSInfo = transport.TLSInfo{
 		CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: ca.file, ClientCertAuth: true,
