@@ -533,6 +533,9 @@ func (a *Agent) startEtcd(ctx context.Context) error {
 	cfg.ElectionMs = uint(a.opts.ElectionTimeout / time.Millisecond)
 	cfg.ClientTLSInfo = a.tlsInfo()
 	cfg.PeerTLSInfo = a.tlsInfo()
+	if cfg.AuthToken, err = jwtAuthToken(a.path(pkiDir)); err != nil {
+		return err
+	}
 	// History is compacted on a clock, not by revision count: a watcher
 	// lagging or disconnected less than the retention resumes where it
 	// was whatever the write rate; one that lags more gets "compacted"
