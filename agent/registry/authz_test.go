@@ -350,6 +350,45 @@ func TestAuthorizedRegistryOverTLS(t *testing.T) {
 			t.Fatalf("%s after the tag's delete: %v", h, err)
 		}
 	}
+	// Blobs are per repository: globex cannot read acme's layer through a
+	// repository of its own, not even after naming it in a manifest.
+	acmeImg, err := remote.Image(ref(t, host2, "acme/web@"+d2), remote.WithTransport(ids["acme"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acmeLayers, _ := acmeImg.Layers()
+	layerDigest, _ := acmeLayers[0].Digest()
+	for _, base := range []string{node1.URL, node2.URL} {
+		if code, _, body := raw("acme", "GET", base+"/v2/acme/web/blobs/"+layerDigest.String()); code != 200 {
+			t.Fatalf("acme reading its layer: %d %s", code, body)
+		}
+		if code, _, body := raw("globex", "GET", base+"/v2/globex/api/blobs/"+layerDigest.String()); code != 404 || !strings.Contains(body, "BLOB_UNKNOWN") {
+			t.Fatalf("globex reading acme's layer through globex/api: %d %s", code, body)
+		}
+	}
+	rawManifest, _ := acmeImg.RawManifest()
+	mt, _ := acmeImg.MediaType()
+	req, _ := http.NewRequest("PUT", node1.URL+"/v2/globex/stolen/manifests/x", strings.NewReader(string(rawManifest)))
+	req.Header.Set("Content-Type", string(mt))
+	resp, err := (&http.Client{Transport: ids["globex"]}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("manifest naming acme's blobs: %s (the test wants it stored, to show the blobs stay out of reach)", resp.Status)
+	}
+	if err := pullAll(ids["globex"], host1, "globex/stolen:x"); err == nil || !strings.Contains(err.Error(), "BLOB_UNKNOWN") && !strings.Contains(err.Error(), "404") {
+		t.Fatalf("globex pulling a manifest naming acme's blobs: %v", err)
+	}
+	// A blob delete only unlinks it from that repository.
+	if code, _, body := raw("globex", "DELETE", node1.URL+"/v2/globex/api/blobs/"+layerDigest.String()); code != 404 {
+		t.Fatalf("globex deleting a blob it does not hold: %d %s", code, body)
+	}
+	if code, _, body := raw("acme", "GET", node1.URL+"/v2/acme/web/blobs/"+layerDigest.String()); code != 200 {
+		t.Fatalf("acme's layer after globex's delete: %d %s", code, body)
+	}
+
 	// A tenant cannot mount another tenant's blob into its own repository.
 	code, _, body = raw("globex", "POST", node1.URL+"/v2/globex/x/blobs/uploads/?mount="+d1+"&from=acme/web")
 	if code != 403 || !strings.Contains(body, "may not pull acme/web") {
@@ -361,4 +400,20 @@ func TestAuthorizedRegistryOverTLS(t *testing.T) {
 // answer has no body, so the code may be missing).
 func denied(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "DENIED") || strings.Contains(err.Error(), "403 Forbidden"))
+}
+
+// pullAll pulls repoRef completely (manifest, config, layers).
+func pullAll(tr http.RoundTripper, host, repoRef string) error {
+	r, err := name.ParseReference(host + "/" + repoRef)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(r, remote.WithTransport(tr))
+	if err != nil {
+		return err
+	}
+	if _, err := img.ConfigFile(); err != nil {
+		return err
+	}
+	return readAll(img)
 }

@@ -92,6 +92,9 @@ func (s *server) fetchBlob(ctx context.Context, repo, digest string) error {
 	var errs []error
 	for _, peer := range s.peers() {
 		err := s.fetchBlobFrom(ctx, peer, repo, h)
+		if err == nil && s.links != nil {
+			err = s.links.add(repo, digest) // the peer held it for repo
+		}
 		if err == nil {
 			s.log.Info("registry: blob fetched from peer", "peer", peer, "digest", digest)
 			return nil

@@ -68,6 +68,7 @@ type server struct {
 	inflight flight
 	authz    bool
 	tags     Tags
+	links    *blobLinks // with authz: which repositories hold which blobs
 }
 
 // New returns the registry handler, serving /v2/....
@@ -109,6 +110,18 @@ func New(o Options) (http.Handler, error) {
 	)
 	if err := s.replay(); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if s.authz {
+		s.links = &blobLinks{dir: filepath.Join(o.Dir, "links")}
+		if _, err := os.Stat(s.links.dir); errors.Is(err, os.ErrNotExist) {
+			recs, bodies, _ := s.store.load()
+			if err := s.links.linkPersisted(recs, bodies); err != nil {
+				return nil, fmt.Errorf("registry: %w", err)
+			}
+			if err := os.MkdirAll(s.links.dir, 0o755); err != nil {
+				return nil, fmt.Errorf("registry: %w", err)
+			}
+		}
 	}
 	return s, nil
 }
@@ -234,6 +247,11 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, ok := parseTarget(r.URL.Path)
+	if s.authz && (strings.Contains(r.URL.Path, "/blobs/uploads/") || (ok && t.kind == "blobs" && t.ref == "uploads")) {
+		repo, _ := repoOfPath(r.URL.Path)
+		s.serveUpload(w, r, repo)
+		return
+	}
 	if !ok || (t.kind == "blobs" && t.ref == "uploads") {
 		s.inner.ServeHTTP(w, r)
 		return
@@ -261,6 +279,9 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+	if s.links != nil && t.kind == "blobs" && !s.serveBlobLinked(w, r, t) {
+		return
 	}
 	switch {
 	case t.kind == "manifests" && r.Method == http.MethodPut:
