@@ -55,26 +55,34 @@ type spaceLoopState struct {
 // and disarms as NextSpaceAction says.
 func (a *Agent) spaceLoop(ctx context.Context) {
 	st := &spaceLoopState{lastDefrag: map[uint64]time.Time{}}
+	acted := false
 	for {
 		interval := clientSpaceCheck
 		if a.embedded() != nil {
 			interval = memberSpaceCheck
+		}
+		if acted {
+			interval = time.Second // the next step of a recovery follows at once
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(interval):
 		}
-		if err := a.checkSpace(ctx, st); err != nil && ctx.Err() == nil {
+		var err error
+		acted, err = a.checkSpace(ctx, st)
+		if err != nil && ctx.Err() == nil {
 			a.log.Debug("etcd space check", "err", err)
 		}
 	}
 }
 
-func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) error {
+// checkSpace looks once; acted tells whether the leader's agent did
+// something (compact, defrag, disarm).
+func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) (acted bool, err error) {
 	status, err := a.ownStatus(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	alarm := hasNoSpace(status.Errors)
 	a.noteAlarm(st, alarm)
@@ -95,7 +103,7 @@ func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) error {
 	}
 	if e == nil || e.Server.Leader() != e.Server.MemberID() {
 		st.leaderSince = time.Time{}
-		return nil
+		return false, nil
 	}
 	if st.leaderSince.IsZero() {
 		st.leaderSince = time.Now()
@@ -151,18 +159,18 @@ func (a *Agent) noteAlarm(st *spaceLoopState, alarm bool) {
 }
 
 // spaceStep reads every member's space and does what NextSpaceAction says.
-func (a *Agent) spaceStep(ctx context.Context, st *spaceLoopState, alarm bool, rev int64) error {
+func (a *Agent) spaceStep(ctx context.Context, st *spaceLoopState, alarm bool, rev int64) (acted bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	list, err := a.cli.MemberList(cctx)
 	if err != nil {
-		return fmt.Errorf("list members: %w", err)
+		return false, fmt.Errorf("list members: %w", err)
 	}
 	var holders map[string]bool
 	if a.opts.RebootSlotHolders != nil {
 		// Never defragment blind: without the holders, wait for the next look.
 		if holders, err = a.opts.RebootSlotHolders(cctx, a.cli); err != nil {
-			return fmt.Errorf("reboot slot holders: %w", err)
+			return false, fmt.Errorf("reboot slot holders: %w", err)
 		}
 	}
 	leader := uint64(a.embedded().Server.Leader())
@@ -179,7 +187,7 @@ func (a *Agent) spaceStep(ctx context.Context, st *spaceLoopState, alarm bool, r
 		view.Members = append(view.Members, ms)
 	}
 	act := NextSpaceAction(view, SpacePolicy{Quota: a.opts.QuotaBytes, DefragInterval: a.opts.DefragInterval, TakeoverWait: defragTimeout})
-	return a.doSpaceAction(ctx, st, act, rev)
+	return act.Kind != SpaceNone, a.doSpaceAction(ctx, st, act, rev)
 }
 
 func (a *Agent) doSpaceAction(ctx context.Context, st *spaceLoopState, act SpaceAction, rev int64) error {
