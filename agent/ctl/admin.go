@@ -19,18 +19,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/agent/runtime"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // TenantUser is the etcd user (and certificate CN) of a tenant.
 func TenantUser(tenant string) string { return jobs.TenantUser(tenant) }
 
-// cmdTenantAdd creates a tenant's etcd role and user: read-write on its
-// own jobs, read-only on the rest of its subtree (status, placement,
-// usage) and on the nodes' API addresses; nothing of other tenants.
+// cmdTenantAdd creates a tenant's etcd role (TenantGrants) and user.
 func cmdTenantAdd(ctx context.Context, s *session) error {
 	if len(s.opts.args) != 2 || s.opts.args[0] != "add" {
 		return fail(ExitUsage, "usage: berthctl tenant add NAME [--cpu 4000m] [--memory 8Gi]")
@@ -52,43 +48,21 @@ func cmdTenantAdd(ctx context.Context, s *session) error {
 		}
 	}
 	user := TenantUser(tenant)
-	read := clientv3.PermissionType(clientv3.PermRead)
-	rw := clientv3.PermissionType(clientv3.PermReadWrite)
 	quota, _ := json.Marshal(q)
-	steps := []struct {
+	type step struct {
 		what string
 		do   func(context.Context) error
-	}{
+	}
+	steps := []step{
 		{"add role", func(ctx context.Context) error { _, err := s.cli.RoleAdd(ctx, user); return err }},
-		{"grant jobs", func(ctx context.Context) error {
-			p := jobs.JobsPrefix(tenant)
-			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), rw)
+	}
+	for _, g := range TenantGrants(tenant) {
+		steps = append(steps, step{"grant " + g.What, func(ctx context.Context) error {
+			_, err := s.cli.RoleGrantPermission(ctx, user, g.Key, g.End, g.Perm)
 			return err
-		}},
-		{"grant tenant read", func(ctx context.Context) error {
-			p := jobs.TenantPrefix(tenant)
-			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
-			return err
-		}},
-		{"grant own image tags", func(ctx context.Context) error {
-			p := registry.TagNamespacePrefix(tenant)
-			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
-			return err
-		}},
-		{"grant shared image tags", func(ctx context.Context) error {
-			p := registry.TagNamespacePrefix(jobs.SharedNamespace)
-			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), read)
-			return err
-		}},
-		{"grant registry credentials", func(ctx context.Context) error {
-			p := jobs.RegistryAuthPrefix(tenant) // outside /berth/v1/: ops cannot read it
-			_, err := s.cli.RoleGrantPermission(ctx, user, p, clientv3.GetPrefixRangeEnd(p), rw)
-			return err
-		}},
-		{"grant node addresses", func(ctx context.Context) error {
-			_, err := s.cli.RoleGrantPermission(ctx, user, state.RolesPrefix, clientv3.GetPrefixRangeEnd(state.RolesPrefix), read)
-			return err
-		}},
+		}})
+	}
+	steps = append(steps, []step{
 		{"add user", func(ctx context.Context) error {
 			_, err := s.cli.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true})
 			return err
@@ -98,7 +72,7 @@ func cmdTenantAdd(ctx context.Context, s *session) error {
 			_, err := s.cli.Put(ctx, jobs.QuotaKey(tenant), string(quota))
 			return err
 		}},
-	}
+	}...)
 	for _, st := range steps {
 		err := s.request(ctx, "tenant add: "+st.what, func(ctx context.Context) error {
 			err := st.do(ctx)

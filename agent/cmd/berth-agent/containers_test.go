@@ -304,6 +304,9 @@ func TestContainersAcrossCluster(t *testing.T) {
 	done = step("tenants and image push")
 	e.mustCtl("admin", "tenant", "add", "acme", "--cpu", "2", "--memory", "1Gi")
 	e.mustCtl("admin", "tenant", "add", "globex")
+	// globex stands for a tenant added before the registry grants existed:
+	// the agent restart below completes its role (issue 14, library/).
+	e.makeOldTenant(t, n1, "globex")
 	tarball := filepath.Join(t.TempDir(), "busybox.tar")
 	imagetest.WriteTarball(t, imagetest.BusyboxImage(t, map[string]string{"/etc/motd": "berth test image\n"}), tarball, "busybox:test")
 	out := e.mustCtl("acme", "image", "push", tarball, "busybox:test")
@@ -503,6 +506,7 @@ ports:
 	if after := e.pids(other); !maps.Equal(before, after) || len(after) == 0 {
 		t.Fatalf("containers of %s across an agent restart: before %v, after %v", other.name, before, after)
 	}
+	e.waitTenantRole(t, n1, "globex")
 	done()
 
 	done = step("kill an agent; re-placed")

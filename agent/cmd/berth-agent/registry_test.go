@@ -30,12 +30,15 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/images/imagetest"
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/pki"
+	"github.com/berth-os/berth/agent/registry"
 	brt "github.com/berth-os/berth/agent/runtime"
 )
 
@@ -399,6 +402,10 @@ func (e *containerEnv) registryScenario(t *testing.T) {
 	e.mustCtl("acme", "rm", "pin")
 	done()
 
+	done = step("library/ image run by every tenant")
+	e.libraryScenario(t, id, nodes, v2Tar, d2, evilTar, evil)
+	done()
+
 	done = step("invalid stored job listed")
 	admin := nodeClient(t, n1, []string{n1.client})
 	ctx, cancel := ctxT(5 * time.Second)
@@ -562,5 +569,93 @@ func grpcNetns(ns string) grpc.DialOption {
 	dial := netnsDialer(ns)
 	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 		return dial(ctx, "tcp", addr)
+	})
+}
+
+// libraryScenario: admin publishes busybox (the v2 image, whose layers every
+// node already holds) as library/busybox:lib; acme and globex each run a job
+// naming berth.local/library/busybox:lib, pinned to its digest, one replica
+// per node; neither tenant can push to or delete from library/.
+func (e *containerEnv) libraryScenario(t *testing.T, id map[string]regClient, nodes []*testNode, tar, digest, evilTar string, evil v1.Image) {
+	if out := e.mustCtl("admin", "image", "push", tar, "library/busybox:lib"); !strings.Contains(out, "as library/busybox:lib") {
+		t.Fatalf("admin's push of library/busybox:lib went to %q", out)
+	}
+	libFile := libraryJobFile(t)
+	tenants := []string{"acme", "globex"}
+	for _, tenant := range tenants {
+		if out := e.mustCtl(tenant, "run", "-f", libFile); !strings.Contains(out, "pinned to "+digest) {
+			t.Fatalf("%s's run of a library/ image said %q, want it pinned to %s", tenant, out, digest)
+		}
+	}
+	for _, tenant := range tenants {
+		eventually(t, 60*time.Second, tenant+"/lib: 3 replicas on "+digest, func() error { return allOn(e.runningDigests(tenant, "lib"), 3, digest) })
+	}
+
+	// Read-only for tenants, through berthctl and straight to the registry.
+	for _, tenant := range tenants {
+		if out, err := e.ctl(tenant, "image", "push", evilTar, "library/busybox:lib"); err == nil || !strings.Contains(out, "DENIED") {
+			t.Fatalf("%s's berthctl push into library/: %v\n%s", tenant, err, out)
+		}
+		for _, n := range nodes {
+			if err := id[tenant].push(t, n, "library/busybox:lib", evil); !isDenied(err) {
+				t.Fatalf("%s pushing library/busybox:lib on %s: want 403 DENIED, got %v", tenant, n.name, err)
+			}
+		}
+		for _, path := range []string{"/v2/library/busybox/manifests/lib", "/v2/library/busybox/manifests/" + digest} {
+			if code, _, body := id[tenant].raw(t, "DELETE", nodes[1].api+path); code != 403 || !strings.Contains(body, "DENIED") {
+				t.Fatalf("%s DELETE %s: %d %s", tenant, path, code, body)
+			}
+		}
+	}
+	for _, n := range nodes {
+		if got, err := id["globex"].digest(t, n, "library/busybox:lib"); err != nil || got != digest {
+			t.Fatalf("%s answers library/busybox:lib = %s %v after the tenants' attempts, want %s", n.name, got, err, digest)
+		}
+	}
+	for _, tenant := range tenants {
+		e.mustCtl(tenant, "rm", "lib")
+	}
+}
+
+// libraryJobFile is a job of 3 replicas of library/busybox:lib.
+func libraryJobFile(t *testing.T) string {
+	f := filepath.Join(t.TempDir(), "lib.yaml")
+	writeFile(t, f, "name: lib\nimage: berth.local/library/busybox:lib\ncommand: [sleep, '100000']\nreplicas: 3\nstop_timeout_seconds: 1\nresources: {cpu: 20m, memory: 16Mi}\n")
+	return f
+}
+
+// makeOldTenant turns tenant's etcd role into what berthctl tenant add
+// made before the registry work (no tag or credential ranges), as in a
+// cluster upgraded since: etcd then refuses its berthctl run of a
+// library/ image at the resolve.
+func (e *containerEnv) makeOldTenant(t *testing.T, n *testNode, tenant string) {
+	cli := nodeClient(t, n, []string{n.client})
+	ctx, cancel := ctxT(10 * time.Second)
+	defer cancel()
+	for _, p := range []string{registry.TagNamespacePrefix(tenant), registry.TagNamespacePrefix(jobs.SharedNamespace), jobs.RegistryAuthPrefix(tenant)} {
+		if _, err := cli.RoleRevokePermission(ctx, jobs.TenantUser(tenant), p, clientv3.GetPrefixRangeEnd(p)); err != nil {
+			t.Fatalf("revoke %s from %s: %v", p, tenant, err)
+		}
+	}
+	if out, err := e.ctl(tenant, "run", "-f", libraryJobFile(t)); err == nil || !strings.Contains(out, "resolve image") || !strings.Contains(out, "lacks permission") {
+		t.Fatalf("%s with an old role running a library/ image: %v %q, want etcd to refuse the resolve", tenant, err, out)
+	}
+}
+
+// waitTenantRole waits until tenant's role holds every current grant
+// again: what an agent does at start (ensureTenantRoles).
+func (e *containerEnv) waitTenantRole(t *testing.T, n *testNode, tenant string) {
+	cli := nodeClient(t, n, []string{n.client})
+	eventually(t, 15*time.Second, "role of "+tenant+" complete", func() error {
+		ctx, cancel := ctxT(5 * time.Second)
+		defer cancel()
+		got, err := cli.RoleGet(ctx, jobs.TenantUser(tenant))
+		if err != nil {
+			return err
+		}
+		if m := ctl.MissingTenantGrants(tenant, got.Perm); len(m) > 0 {
+			return fmt.Errorf("missing %+v", m)
+		}
+		return nil
 	})
 }

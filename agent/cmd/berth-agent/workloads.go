@@ -19,6 +19,7 @@ import (
 
 	"github.com/berth-os/berth/agent/cluster"
 	"github.com/berth-os/berth/agent/config"
+	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/images"
 	"github.com/berth-os/berth/agent/netsetup"
 	"github.com/berth-os/berth/agent/registry"
@@ -49,6 +50,9 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 	opts.Services = append(opts.Services, peers.follow, func(ctx context.Context, cli *clientv3.Client) error {
 		tags.SetClient(cli) // tags live in etcd: one answer on every node
 		<-ctx.Done()
+		return nil
+	}, func(ctx context.Context, cli *clientv3.Client) error {
+		ensureTenantRoles(ctx, cli, log.With("component", "tenants"))
 		return nil
 	})
 	if !cfg.Containers {
@@ -103,6 +107,33 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		mgr.Routes(mux)
 	}
 	return nil
+}
+
+// ensureTenantRoles brings the etcd roles of tenants added by an older
+// berthctl up to the current grants (ctl.TenantGrants), once per agent
+// start: roles change only at berthctl tenant add, and without the
+// registry tag ranges such a tenant's berthctl run cannot pin its own or
+// library/ images. Done by the agents (etcd root) rather than asking the
+// administrator to re-add each tenant, which would also reset its quota.
+// It retries until it has checked every role; it never stops the agent.
+func ensureTenantRoles(ctx context.Context, cli *clientv3.Client, log *slog.Logger) {
+	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		fixed, err := ctl.EnsureTenantRoles(rctx, cli)
+		cancel()
+		for _, f := range fixed {
+			log.Info("tenant role brought up to date", "tenant", f.Tenant, "granted", f.Granted)
+		}
+		if err == nil {
+			return
+		}
+		log.Warn("checking tenant roles failed; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 }
 
 // lazyNodeTransport is an HTTPS transport that presents this node's
