@@ -313,6 +313,19 @@ type session struct {
 
 // request gives one etcd call the timeout and turns its error into a
 // berthctl error with a cause a person can act on.
+// deleteKey deletes one key and says whether it was there.
+func (s *session) deleteKey(ctx context.Context, what, key string) (bool, error) {
+	var deleted int64
+	err := s.request(ctx, what, func(ctx context.Context) error {
+		resp, err := s.cli.Delete(ctx, key)
+		if err == nil {
+			deleted = resp.Deleted
+		}
+		return err
+	})
+	return deleted > 0, err
+}
+
 func (s *session) request(ctx context.Context, what string, call func(context.Context) error) error {
 	cctx, cancel := context.WithTimeout(ctx, s.opts.timeout)
 	defer cancel()

@@ -34,18 +34,11 @@ func cmdRegistry(ctx context.Context, s *session) error {
 	}
 	key := jobs.RegistryAuthKey(tenant, reg)
 	if s.opts.args[0] == "logout" {
-		var deleted int64
-		err := s.request(ctx, "remove registry credentials", func(ctx context.Context) error {
-			resp, err := s.cli.Delete(ctx, key)
-			if err == nil {
-				deleted = resp.Deleted
-			}
-			return err
-		})
+		deleted, err := s.deleteKey(ctx, "remove registry credentials", key)
 		if err != nil {
 			return err
 		}
-		if deleted == 0 {
+		if !deleted {
 			return fail(ExitNotFound, "tenant %s has no credentials for %s", tenant, reg)
 		}
 		fmt.Fprintf(s.sys.Stdout, "credentials of tenant %s for %s removed\n", tenant, reg)

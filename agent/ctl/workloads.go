@@ -329,18 +329,11 @@ func cmdRm(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	var deleted int64
-	err = s.request(ctx, "remove job", func(ctx context.Context) error {
-		resp, err := s.cli.Delete(ctx, jobs.JobKey(tenant, s.opts.args[0]))
-		if err == nil {
-			deleted = resp.Deleted
-		}
-		return err
-	})
+	deleted, err := s.deleteKey(ctx, "remove job", jobs.JobKey(tenant, s.opts.args[0]))
 	if err != nil {
 		return err
 	}
-	if deleted == 0 {
+	if !deleted {
 		return fail(ExitNotFound, "job %s/%s not found", tenant, s.opts.args[0])
 	}
 	fmt.Fprintf(s.sys.Stdout, "job %s/%s removed: its containers are being stopped (volumes are kept)\n", tenant, s.opts.args[0])
