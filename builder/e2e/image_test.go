@@ -168,6 +168,9 @@ func releases(t *testing.T) *releaseSet {
 	requireE2E(t)
 	init := initBinary(t)
 	releaseOnce.Do(func() { release = buildReleases(t, init) })
+	if release.err == nil && release.versions == nil {
+		t.Fatal("the release build stopped in another test (see its log)")
+	}
 	if release.err != nil {
 		t.Fatalf("build the releases (make build first: the spec takes the agent from bin/): %v", release.err)
 	}
