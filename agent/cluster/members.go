@@ -173,6 +173,14 @@ func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time
 		if now.Sub(first) <= a.opts.DeadAfter {
 			continue
 		}
+		if a.memberAnswers(ctx, m) {
+			// Seen under emulation: a node serving a rollout payload to its
+			// peers starved its own lease keep-alive; its member was fine.
+			a.log.Warn("node document missing but its etcd member answers: not removing it", "name", m.Name,
+				"missing", now.Sub(first).Round(time.Second))
+			missingSince[m.Name] = now
+			continue
+		}
 		if a.removeMember(cctx, m, fmt.Sprintf("node document missing for %s", now.Sub(first).Round(time.Second))) {
 			delete(missingSince, m.Name)
 			a.updateRoleEntry(cctx, m.Name, RoleRemoved)
@@ -248,6 +256,22 @@ func (a *Agent) replaceMissingVoters(ctx context.Context, alive map[string]bool)
 	}
 	a.askClientToJoin(ctx, alive)
 	return nil
+}
+
+// memberAnswers reports whether member m's etcd serves a status request.
+// A member whose node document is missing but which answers is alive (its
+// agent is slow or restarting): removing it would cost the cluster a
+// working voter and the node a rejoin.
+func (a *Agent) memberAnswers(ctx context.Context, m *etcdserverpb.Member) bool {
+	for _, u := range m.ClientURLs {
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := a.cli.Status(sctx, u)
+		cancel()
+		if err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Agent) removeMember(ctx context.Context, m *etcdserverpb.Member, why string) bool {

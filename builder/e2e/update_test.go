@@ -75,9 +75,6 @@ esac
 // health check and a v5 whose init dies roll back by themselves.
 func TestE2EUpdate(t *testing.T) {
 	requireE2E(t)
-	// Beside the cluster suite: its nodes mostly wait (one reboots at a
-	// time) while this VM boots; see TestE2ECluster.
-	t.Parallel()
 	rel := releases(t)
 	dir := t.TempDir()
 	other := filepath.Join(dir, "other")

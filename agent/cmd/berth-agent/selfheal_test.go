@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -274,9 +275,10 @@ func TestSelfHealing(t *testing.T) {
 	t.Logf("whole scenario %s (kill to healed %s)", time.Since(total).Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
 }
 
-// TestPlannedRebootNotHealed: a voter that holds a reboot slot of an OS
-// rollout is rebooting by plan; self-healing must not remove it however
-// long dead-after is exceeded, until the slot's lease ends.
+// TestPlannedRebootNotHealed: a voter whose document is missing while its
+// member answers is alive and stays; a voter that holds a reboot slot of
+// an OS rollout is rebooting by plan; self-healing must not remove it
+// however long dead-after is exceeded, until the slot's lease ends.
 func TestPlannedRebootNotHealed(t *testing.T) {
 	c := newLoopbackCluster(t, "127.0.0.51")
 	n := make([]*testNode, 4)
@@ -296,6 +298,35 @@ func TestPlannedRebootNotHealed(t *testing.T) {
 		return nil
 	})
 	c.waitReady(n[3], 20*time.Second)
+
+	// A live voter whose node document is missing (as when a starved
+	// node's lease lapses) is not removed: its member still answers. The
+	// test deletes the document and, while it waits, deletes it again the
+	// moment its publisher writes a change.
+	wctx, stopDeleting := context.WithCancel(context.Background())
+	deleted := make(chan struct{})
+	go func() {
+		defer close(deleted)
+		watch := admin.Watch(wctx, state.NodeKey("plan-3"))
+		for {
+			dctx, cancel := ctxT(5 * time.Second)
+			admin.Delete(dctx, state.NodeKey("plan-3"))
+			cancel()
+			select {
+			case <-wctx.Done():
+				return
+			case <-watch:
+			}
+		}
+	}()
+	time.Sleep(testTTL + healDeadAfter + 6*time.Second)
+	stopDeleting()
+	<-deleted
+	if m, err := memberList(admin); err != nil {
+		t.Fatal(err)
+	} else if _, ok := m.voters["plan-3"]; !ok {
+		t.Fatalf("plan-3 was removed while its member answered: voters %v", m.voters)
+	}
 
 	// plan-3 takes a reboot slot (as its rollout driver does) and goes down.
 	ctx, cancel := ctxT(5 * time.Second)
