@@ -318,7 +318,9 @@ func (mc *measureCluster) start(n *measureNode, extra ...string) {
 		mc.tb.Fatal(err)
 	}
 	args := append([]string{"--name", n.name, "--data-dir", n.dir, "--peer-url", n.peer, "--client-url", n.client,
-		"--api-url", n.api, "--metrics-url", n.metrics, "--log-level", "warn"}, extra...)
+		"--api-url", n.api, "--metrics-url", n.metrics, "--log-level", "warn",
+		// Etcd and node documents only: no berth-shim in the test binary dir.
+		"--containers=false", "--state-dir", n.dir + "-state"}, extra...)
 	cmd := exec.Command(mc.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "JOURNAL_STREAM=")
