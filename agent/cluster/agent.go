@@ -88,7 +88,8 @@ type Options struct {
 	// Interval; default state.DefaultRefresh).
 	NodeRefresh time.Duration
 	// RebootSlotHolders names the nodes holding a rollout reboot slot:
-	// their members are never defragmented (they are rebooting). nil: none.
+	// their members are never defragmented nor removed by self-healing
+	// (they are rebooting). nil: none.
 	RebootSlotHolders func(ctx context.Context, cli *clientv3.Client) (map[string]bool, error)
 }
 
@@ -97,11 +98,6 @@ type Agent struct {
 	opts Options
 	log  *slog.Logger
 
-	// Used by the leader's member loop only: since when the cluster has had
-	// fewer voters than it wants, and whether the gap comes from removing
-	// a member that was already dead for dead-after.
-	shortSince time.Time
-	healNow    bool
 	// local talks to this node's own etcd only. The leader's agent
 	// promotes learners through it: a follower forwards MemberPromote to
 	// the leader over the peer API without the caller's auth identity,

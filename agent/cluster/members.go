@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/berth-os/berth/agent/rollout"
 	"slices"
 	"strings"
 	"time"
@@ -73,8 +72,7 @@ func (a *Agent) refreshRole(ctx context.Context) {
 func (a *Agent) memberLoop(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	missingSince := map[string]time.Time{}
-	unstartedSince := map[uint64]time.Time{}
+	var clocks MemberClocks
 	for {
 		select {
 		case <-ctx.Done():
@@ -84,59 +82,87 @@ func (a *Agent) memberLoop(ctx context.Context) {
 		a.refreshRole(ctx)
 		e := a.embedded()
 		if e == nil || e.Server.Leader() != e.Server.MemberID() {
-			clear(missingSince) // a new leader watches from scratch: no stale clocks
-			clear(unstartedSince)
-			a.shortSince, a.healNow = time.Time{}, false
+			clocks = MemberClocks{} // a new leader watches from scratch: no stale clocks
 			continue
 		}
-		if err := a.reconcile(ctx, missingSince, unstartedSince); err != nil {
+		if err := a.reconcile(ctx, &clocks); err != nil {
 			a.log.Debug("reconcile", "err", err)
 		}
 	}
 }
 
-func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time, unstartedSince map[uint64]time.Time) error {
+// reconcile is one look of the leader's agent: it reads the members and
+// the live nodes, does what DecideMembers says, then reads the members
+// again and does what DecideVoterGap says.
+func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	list, err := a.cli.MemberList(cctx)
 	if err != nil {
 		return fmt.Errorf("list members: %w", err)
 	}
-	now := time.Now()
-	self := uint64(a.embedded().Server.MemberID())
-
-	for _, m := range list.Members {
-		if !m.IsLearner {
-			continue
-		}
-		if m.Name == "" { // added but never started
-			first, ok := unstartedSince[m.ID]
-			if !ok {
-				unstartedSince[m.ID] = now
-			} else if now.Sub(first) > a.opts.DeadAfter {
-				a.removeMember(cctx, m, "learner never started")
-				delete(unstartedSince, m.ID)
-			}
-			continue
-		}
-		// Fails until the learner has caught up with the log: retried on
-		// the next tick.
-		local, err := a.localClient()
-		if err != nil {
-			return err
-		}
-		if _, err := local.MemberPromote(cctx, m.ID); err != nil {
-			a.log.Debug("promotion not possible yet", "name", m.Name, "err", err)
-			continue
-		}
-		promotionsTotal.Inc()
-		a.log.Info("promoted learner to voter", "name", m.Name)
-		a.updateRoleEntry(cctx, m.Name, state.RoleVoter)
-	}
-
-	docs, err := a.cli.Get(cctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	alive, err := a.liveNodes(cctx)
 	if err != nil {
-		return fmt.Errorf("list node documents: %w", err)
+		return err
+	}
+	var holders map[string]bool
+	if a.opts.RebootSlotHolders != nil {
+		if holders, err = a.opts.RebootSlotHolders(cctx, a.cli); err != nil {
+			return fmt.Errorf("list reboot slots: %w", err)
+		}
+	}
+	byID := map[uint64]*etcdserverpb.Member{}
+	for _, m := range list.Members {
+		byID[m.ID] = m
+	}
+	in := MembershipInput{Now: time.Now(), DeadAfter: a.opts.DeadAfter, Self: uint64(a.embedded().Server.MemberID()),
+		Members: memberInfos(list.Members), Alive: alive, RebootHolders: holders, Clocks: *clocks}
+	plan := DecideMembers(in)
+	if len(plan.Probe) > 0 {
+		// Probed only once due for removal: a dead member's probe costs
+		// seconds of timeouts.
+		in.Probed, in.Answering = true, map[uint64]bool{}
+		for _, id := range plan.Probe {
+			in.Answering[id] = a.memberAnswers(ctx, byID[id])
+		}
+		plan = DecideMembers(in)
+	}
+	*clocks = plan.Clocks
+	for _, act := range plan.Actions {
+		m := byID[act.ID]
+		switch act.Kind {
+		case MemberPromote:
+			local, err := a.localClient()
+			if err != nil {
+				return err
+			}
+			if _, err := local.MemberPromote(cctx, act.ID); err != nil {
+				a.log.Debug("promotion not possible yet", "name", act.Name, "err", err)
+				continue
+			}
+			promotionsTotal.Inc()
+			a.log.Info("promoted learner to voter", "name", act.Name)
+			a.updateRoleEntry(cctx, act.Name, state.RoleVoter)
+		case MemberRemoveUnstarted:
+			a.removeMember(cctx, m, act.Reason)
+		case MemberSpare:
+			a.log.Warn("node document missing but its etcd member answers: not removing it", "name", act.Name,
+				"missing", act.For)
+		case MemberRemoveDead:
+			if a.removeMember(cctx, m, act.Reason) {
+				clocks.VoterRemoved(act.Name)
+				a.updateRoleEntry(cctx, act.Name, RoleRemoved)
+			}
+		}
+	}
+	return a.fillVoterGap(cctx, clocks, alive, holders)
+}
+
+// liveNodes names the nodes whose node document exists.
+func (a *Agent) liveNodes(ctx context.Context) (map[string]bool, error) {
+	docs, err := a.cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list node documents: %w", err)
 	}
 	alive := map[string]bool{}
 	for _, kv := range docs.Kvs {
@@ -144,118 +170,105 @@ func (a *Agent) reconcile(ctx context.Context, missingSince map[string]time.Time
 			alive[name] = true
 		}
 	}
-	// A node rebooting for an OS rollout holds a reboot slot (bound to a
-	// lease as long as the rollout's deadline): a planned absence, not a
-	// death. Removing it would cost a member and a rejoin per reboot.
-	locks, err := a.cli.Get(cctx, rollout.LockPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return fmt.Errorf("list reboot slots: %w", err)
+	return alive, nil
+}
+
+func memberInfos(ms []*etcdserverpb.Member) []MemberInfo {
+	out := make([]MemberInfo, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, MemberInfo{ID: m.ID, Name: m.Name, Learner: m.IsLearner})
 	}
-	for _, kv := range locks.Kvs {
-		if _, holder, err := rollout.ParseLockKey(string(kv.Key)); err == nil {
-			alive[holder] = true
-		}
-	}
-	for name := range missingSince {
-		if alive[name] {
-			delete(missingSince, name)
-		}
-	}
-	for _, m := range list.Members {
-		if m.IsLearner || m.ID == self || m.Name == "" || alive[m.Name] {
-			continue
-		}
-		first, ok := missingSince[m.Name]
-		if !ok {
-			missingSince[m.Name] = now
-			continue
-		}
-		if now.Sub(first) <= a.opts.DeadAfter {
-			continue
-		}
-		if a.memberAnswers(ctx, m) {
-			// Seen under emulation: a node serving a rollout payload to its
-			// peers starved its own lease keep-alive; its member was fine.
-			a.log.Warn("node document missing but its etcd member answers: not removing it", "name", m.Name,
-				"missing", now.Sub(first).Round(time.Second))
-			missingSince[m.Name] = now
-			continue
-		}
-		if a.removeMember(cctx, m, fmt.Sprintf("node document missing for %s", now.Sub(first).Round(time.Second))) {
-			delete(missingSince, m.Name)
-			a.updateRoleEntry(cctx, m.Name, RoleRemoved)
-			a.healNow = true
-		}
-	}
-	return a.replaceMissingVoters(cctx, alive)
+	return out
 }
 
 // RoleRemoved marks the role entry of a voter that self-healing removed
 // from the cluster: its data dir can no longer start a member.
 const RoleRemoved = "removed"
 
-// replaceMissingVoters asks a live client node to become a member while the
-// cluster has fewer voters than its configuration wants. It runs on every
-// reconcile, not only right after a removal, so a client that joins later
-// still fills a gap left when no client was alive.
-func (a *Agent) replaceMissingVoters(ctx context.Context, alive map[string]bool) error {
+// fillVoterGap reads what DecideVoterGap needs and does what it says.
+func (a *Agent) fillVoterGap(ctx context.Context, clocks *MemberClocks, alive, holders map[string]bool) error {
 	list, err := a.cli.MemberList(ctx)
 	if err != nil {
 		return fmt.Errorf("list members: %w", err)
-	}
-	voters := 0
-	for _, m := range list.Members {
-		if m.IsLearner {
-			return nil // one member change at a time: wait for its promotion
-		}
-		voters++
 	}
 	got, err := a.cli.Get(ctx, state.ClusterConfigKey)
 	if err != nil {
 		return fmt.Errorf("read cluster config: %w", err)
 	}
+	in := VoterGapInput{Now: time.Now(), DeadAfter: a.opts.DeadAfter, Members: memberInfos(list.Members),
+		Alive: alive, RebootHolders: holders, Clocks: *clocks}
 	var cfg state.ClusterConfig
-	if len(got.Kvs) == 0 || json.Unmarshal(got.Kvs[0].Value, &cfg) != nil || voters >= cfg.Voters {
-		a.shortSince, a.healNow = time.Time{}, false
-		return nil
+	if len(got.Kvs) > 0 && json.Unmarshal(got.Kvs[0].Value, &cfg) == nil {
+		in.Target = cfg.Voters
 	}
-	// A gap left by a dead member we just removed is filled at once; any
-	// other gap (a wiped node rejoining removes its stale member and is
-	// added back seconds later) must last dead-after before a client is
-	// asked, or the rejoining node would find its seat taken.
-	if a.shortSince.IsZero() {
-		a.shortSince = time.Now()
-		if a.healNow {
-			a.shortSince = a.shortSince.Add(-a.opts.DeadAfter)
+	voters := 0
+	for _, m := range list.Members {
+		if !m.IsLearner {
+			voters++
 		}
 	}
-	a.healNow = false
-	if time.Since(a.shortSince) < a.opts.DeadAfter {
-		return nil
+	// The requests and the roles matter only to a cluster short of voters.
+	if voters < in.Target {
+		if in.Requests, err = a.promoteRequests(ctx); err != nil {
+			return err
+		}
+		in.Clients = a.clientNodes(ctx)
 	}
+	plan := DecideVoterGap(in)
+	*clocks = plan.Clocks
+	for _, act := range plan.Actions {
+		switch act.Kind {
+		case MemberWithdraw:
+			if _, err := a.cli.Delete(ctx, act.Key); err == nil {
+				a.log.Warn("withdrew unanswered request to become a member", "name", act.Name)
+			}
+		case MemberAsk:
+			if _, err := a.cli.Put(ctx, state.PromoteKey(act.Name), time.Now().UTC().Format(time.RFC3339)); err != nil {
+				a.log.Warn("cannot ask client to become a member", "name", act.Name, "err", err)
+				continue
+			}
+			a.log.Info("asked client node to become a member", "name", act.Name)
+		}
+	}
+	if plan.NoClient {
+		a.log.Debug("no live client node can replace a missing voter")
+	}
+	return nil
+}
+
+func (a *Agent) promoteRequests(ctx context.Context) ([]PromoteRequest, error) {
 	pending, err := a.cli.Get(ctx, state.PromotePrefix, clientv3.WithPrefix())
 	if err != nil {
-		return fmt.Errorf("list promotion requests: %w", err)
+		return nil, fmt.Errorf("list promotion requests: %w", err)
 	}
-	waiting := false
+	var out []PromoteRequest
 	for _, kv := range pending.Kvs {
-		name, _ := state.NameFromKey(state.PromotePrefix, string(kv.Key))
-		asked, perr := time.Parse(time.RFC3339, string(kv.Value))
-		// A request to a node that died, or that was not acted on within
-		// dead-after, is withdrawn so another client can be asked.
-		if alive[name] && perr == nil && time.Since(asked) <= a.opts.DeadAfter {
-			waiting = true
-			continue
+		r := PromoteRequest{Key: string(kv.Key)}
+		r.Name, _ = state.NameFromKey(state.PromotePrefix, r.Key)
+		if asked, err := time.Parse(time.RFC3339, string(kv.Value)); err == nil {
+			r.AskedAt = asked
 		}
-		if _, err := a.cli.Delete(ctx, string(kv.Key)); err == nil {
-			a.log.Warn("withdrew unanswered request to become a member", "name", name)
-		}
+		out = append(out, r)
 	}
-	if waiting {
+	return out, nil
+}
+
+// clientNodes names the nodes whose role entry says client, in key order.
+func (a *Agent) clientNodes(ctx context.Context) []string {
+	roles, err := a.cli.Get(ctx, state.RolesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		a.log.Warn("cannot list roles to replace a voter", "err", err)
 		return nil
 	}
-	a.askClientToJoin(ctx, alive)
-	return nil
+	var out []string
+	for _, kv := range roles.Kvs {
+		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
+		var entry state.RoleEntry
+		if ok && json.Unmarshal(kv.Value, &entry) == nil && entry.Role == state.RoleClient {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // memberAnswers reports whether member m's etcd serves a status request.
@@ -282,30 +295,6 @@ func (a *Agent) removeMember(ctx context.Context, m *etcdserverpb.Member, why st
 	membersRemovedTotal.Inc()
 	a.log.Warn("removed member", "name", m.Name, "id", types.ID(m.ID).String(), "reason", why)
 	return true
-}
-
-// askClientToJoin picks a live client node and asks it, through its
-// promote key, to become a member in place of a removed voter.
-func (a *Agent) askClientToJoin(ctx context.Context, alive map[string]bool) {
-	roles, err := a.cli.Get(ctx, state.RolesPrefix, clientv3.WithPrefix())
-	if err != nil {
-		a.log.Warn("cannot list roles to replace a voter", "err", err)
-		return
-	}
-	for _, kv := range roles.Kvs {
-		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
-		var entry state.RoleEntry
-		if !ok || json.Unmarshal(kv.Value, &entry) != nil || entry.Role != state.RoleClient || !alive[name] {
-			continue
-		}
-		if _, err := a.cli.Put(ctx, state.PromoteKey(name), time.Now().UTC().Format(time.RFC3339)); err != nil {
-			a.log.Warn("cannot ask client to become a member", "name", name, "err", err)
-			return
-		}
-		a.log.Info("asked client node to become a member", "name", name)
-		return
-	}
-	a.log.Debug("no live client node can replace a missing voter")
 }
 
 func (a *Agent) updateRoleEntry(ctx context.Context, name, role string) {

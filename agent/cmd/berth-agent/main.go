@@ -84,7 +84,8 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 		AgentVersion: version, Log: log, Labels: cfg.Labels,
 		QuotaBytes: cfg.EtcdQuotaBytes, CompactionRetention: cfg.CompactionRetention,
 		DefragInterval: cfg.DefragInterval, NodeRefresh: cfg.NodeRefresh,
-		// A voter rebooting for a rollout is not defragmented.
+		// A voter rebooting for a rollout is neither defragmented nor
+		// removed by self-healing.
 		RebootSlotHolders: rollout.SlotHolders,
 	}
 	if err := workloads(cfg, &opts, log); err != nil {
