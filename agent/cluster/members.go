@@ -126,6 +126,11 @@ func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 			in.Answering[id] = a.memberAnswers(ctx, byID[id])
 		}
 		plan = DecideMembers(in)
+		// The probe of a dead machine takes its whole timeout: the
+		// actions get a full call timeout of their own.
+		cancel()
+		cctx, cancel = context.WithTimeout(ctx, callTimeout)
+		defer cancel()
 	}
 	*clocks = plan.Clocks
 	for _, act := range plan.Actions {
