@@ -103,9 +103,19 @@ unit: build
 	@# Minimizing a new input is bounded: Go's fuzzer fails with "context
 	@# deadline exceeded" when -fuzztime ends while it minimizes a large one
 	@# (FuzzOpenArchive's tarball seed did, about every other run).
+	@# Go 1.26's fuzz coordinator can fail a target with a bare "context
+	@# deadline exceeded" when -fuzztime ends under CPU load (golang/go#75804,
+	@# fixed in Go 1.27): a run that fails that way and wrote no failing
+	@# input found nothing; any other failure, or a written input, fails.
 	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 		for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$t/*_test.go | sed 's/func //'); do \
-			echo "fuzz $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s -fuzzminimizetime 2s $$t || exit 1; \
+			echo "fuzz $$t $$f"; \
+			out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s -fuzzminimizetime 2s $$t 2>&1); rc=$$?; echo "$$out"; \
+			if [ $$rc -ne 0 ]; then \
+				if echo "$$out" | grep -q '^    context deadline exceeded$$' && ! echo "$$out" | grep -q 'Failing input written'; then \
+					echo "fuzz $$f: stopped by Go's fuzztime race (golang/go#75804), no failing input written: not a finding"; \
+				else exit 1; fi; \
+			fi; \
 		done; \
 	done
 
