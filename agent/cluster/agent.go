@@ -29,10 +29,10 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
 	"github.com/berth-os/berth/agent/joinapi"
 	"github.com/berth-os/berth/agent/pki"
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // Options configure an Agent; agent/config fills them from the user's
@@ -413,7 +413,7 @@ func (a *Agent) prepareBootstrap() (*nodeState, error) {
 	if err := pki.WritePair(a.path(pkiDir), "node", certPEM, keyPEM); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(a.path(tokenFile), []byte(token.String()+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(a.path(tokenFile), []byte(token.String()+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	clusterToken := make([]byte, 8)
@@ -458,18 +458,18 @@ func (a *Agent) join(ctx context.Context) (*nodeState, error) {
 		return nil, err
 	}
 	dir := a.path(pkiDir)
-	if err := atomicfile.Write(dir+"/ca.crt", []byte(resp.CACert), 0o644); err != nil {
+	if err := atomicfile.WriteFile(dir+"/ca.crt", []byte(resp.CACert), 0o644); err != nil {
 		return nil, err
 	}
 	if resp.CAKey != "" {
-		if err := atomicfile.Write(dir+"/ca.key", []byte(resp.CAKey), 0o600); err != nil {
+		if err := atomicfile.WriteFile(dir+"/ca.key", []byte(resp.CAKey), 0o600); err != nil {
 			return nil, err
 		}
 	}
 	if err := pki.WritePair(dir, "node", []byte(resp.NodeCert), []byte(resp.NodeKey)); err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(a.path(tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(a.path(tokenFile), []byte(resp.Token+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	st := &nodeState{

@@ -11,7 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // Files of the node's etcd token signing key, in the pki directory.
@@ -44,10 +44,10 @@ func jwtAuthToken(pkiDir string) (string, error) {
 			return "", fmt.Errorf("etcd token key: %w", err)
 		}
 		// The public half last: its presence marks a complete pair.
-		if err := atomicfile.Write(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := atomicfile.WriteFile(priv, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return "", fmt.Errorf("etcd token key: %w", err)
 		}
-		if err := atomicfile.Write(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
+		if err := atomicfile.WriteFile(pub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644); err != nil {
 			return "", fmt.Errorf("etcd token key: %w", err)
 		}
 	} else if errPriv != nil || errPub != nil {

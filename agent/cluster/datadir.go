@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // Files in the agent's data dir.
@@ -62,7 +62,7 @@ func (a *Agent) saveNodeState(st *nodeState) error {
 	if err != nil {
 		return fmt.Errorf("encode node state: %w", err)
 	}
-	return atomicfile.Write(a.path(nodeStateFile), append(data, '\n'), 0o600)
+	return atomicfile.WriteFile(a.path(nodeStateFile), append(data, '\n'), 0o600)
 }
 
 // writeFileAtomic writes via a temporary file and rename, so a crash never

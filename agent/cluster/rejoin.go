@@ -12,8 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // rejoinFile holds what a removed member needs to join again after its
@@ -53,7 +53,7 @@ func (a *Agent) prepareRejoin() error {
 		return errors.New("no other agent is known to join through (set join in the configuration)")
 	}
 	data, _ := json.Marshal(rejoinInfo{Join: join, Token: strings.TrimSpace(string(token))})
-	if err := atomicfile.Write(a.path(rejoinFile), data, 0o600); err != nil {
+	if err := atomicfile.WriteFile(a.path(rejoinFile), data, 0o600); err != nil {
 		return err
 	}
 	for _, p := range []string{nodeStateFile, etcdDir, pkiDir, tokenFile} {

@@ -32,7 +32,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // DefaultDir is where a node keeps its images.
@@ -217,7 +217,7 @@ func (s *Store) writeRecord(img Image) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", img.Digest, err)
 	}
-	return atomicfile.Write(s.recordPath(img.Digest), append(data, '\n'), 0o600)
+	return atomicfile.WriteFile(s.recordPath(img.Digest), append(data, '\n'), 0o600)
 }
 
 func (s *Store) readRefs() (map[string]string, error) {
@@ -248,7 +248,7 @@ func (s *Store) updateRefs(change func(map[string]string)) error {
 	if err != nil {
 		return fmt.Errorf("write refs: %w", err)
 	}
-	return atomicfile.Write(s.path("refs.json"), append(data, '\n'), 0o600)
+	return atomicfile.WriteFile(s.path("refs.json"), append(data, '\n'), 0o600)
 }
 
 // keyedMutex serialises work per key (a diffID, a container id) and lets a

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // ipam hands out addresses from the node subnets. State lives in one JSON file
@@ -84,29 +86,14 @@ func (m *ipam) load() (*ipamState, error) {
 	return st, nil
 }
 
-// save writes temp+fsync+rename so a crash leaves either the old or the new state.
+// save replaces the state file atomically (temp, fsync, rename, fsync of the
+// directory), so a crash leaves either the old or the new state.
 func (m *ipam) save(st *ipamState) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode ipam state: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(m.statePath), ".ipam-*")
-	if err != nil {
-		return fmt.Errorf("write ipam state: %w", err)
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write ipam state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync ipam state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write ipam state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), m.statePath); err != nil {
+	if err := atomicfile.WriteFile(m.statePath, data, 0o600); err != nil {
 		return fmt.Errorf("replace ipam state: %w", err)
 	}
 	return nil

@@ -16,6 +16,8 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // Paths inside the root that Apply writes.
@@ -83,25 +85,9 @@ func (a *applier) write(p string, data []byte, mode, dirMode fs.FileMode) error 
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(p), err)
 	}
-	tmp, err := os.CreateTemp(dir, ".berth-node-config-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(data); err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), full)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
+	// The directory exists now (with dirMode), so WriteFile creates none.
+	if err := atomicfile.WriteFile(full, data, mode); err != nil {
+		return err // names the full path
 	}
 	a.changed = append(a.changed, p)
 	return nil

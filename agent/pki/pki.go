@@ -22,7 +22,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 const (
@@ -163,10 +163,10 @@ func (c *CA) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, caKeyFile), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, caCertFile), c.CertPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, caCertFile), c.CertPEM, 0o644); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
 	return nil
@@ -243,10 +243,10 @@ func WritePair(dir, name string, certPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, name+".key"), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, name+".key"), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, name+".crt"), certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, name+".crt"), certPEM, 0o644); err != nil {
 		return fmt.Errorf("write certificate pair %q: %w", name, err)
 	}
 	return nil

@@ -3,7 +3,7 @@ package runtime
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/berth-os/berth/agent/internal/atomicfile"
+	"github.com/berth-os/berth/internal/atomicfile"
 	"os"
 	"path/filepath"
 )
@@ -33,7 +33,7 @@ func WriteJSONFile(path string, v any) error {
 
 // WriteFileAtomic writes data to path with temp file, fsync and rename.
 func WriteFileAtomic(path string, data []byte) error {
-	return atomicfile.Write(path, data, 0o600)
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // readJSONFile decodes path into v; a missing file is reported with

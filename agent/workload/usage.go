@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/berth-os/berth/agent/internal/atomicfile"
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/runtime"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // usageBook accumulates each tenant's usage on this node from its cgroup
@@ -120,7 +120,7 @@ func (b *usageBook) save() error {
 	if err := os.MkdirAll(filepath.Dir(b.file), 0o755); err != nil {
 		return err
 	}
-	return atomicfile.Write(b.file, data, 0o644)
+	return atomicfile.WriteFile(b.file, data, 0o644)
 }
 
 // tenants lists every tenant with containers here or with usage recorded.

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // A cluster is N VMs on one bridge inside a network namespace of their own
@@ -235,7 +237,7 @@ func (c *Cluster) save() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(c.Dir, clusterFile), append(data, '\n'), 0o600)
+	return atomicfile.WriteFile(filepath.Join(c.Dir, clusterFile), append(data, '\n'), 0o600)
 }
 
 // OpenCluster reads the cluster saved in dir (by CreateCluster, possibly
@@ -572,33 +574,11 @@ func writeSSHKey(path string) (string, error) {
 		return "", fmt.Errorf("ssh key: %w", err)
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " berth-cluster"
-	if err := writeFileAtomic(path, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(path+".pub", []byte(line+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path+".pub", []byte(line+"\n"), 0o644); err != nil {
 		return "", err
 	}
 	return line, nil
-}
-
-// writeFileAtomic writes through a temporary file and a rename, so a
-// reader never sees half a file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -20,6 +20,8 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // DialContext connects from inside the cluster's namespace (where the
@@ -176,7 +178,7 @@ func (c *Cluster) saveAdmin(files map[string][]byte) error {
 		return err
 	}
 	for _, f := range adminFiles {
-		if err := writeFileAtomic(filepath.Join(dir, f), files[f], 0o600); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, f), files[f], 0o600); err != nil {
 			return err
 		}
 	}
@@ -187,7 +189,7 @@ func (c *Cluster) saveAdmin(files map[string][]byte) error {
 	conf := fmt.Sprintf("# berthctl --config for cluster %s (run inside namespace %s)\nendpoints:\n%scacert: %s\ncert: %s\nkey: %s\n",
 		c.Name, c.Netns, strings.Join(endpoints, ""),
 		filepath.Join(dir, "ca.crt"), filepath.Join(dir, "admin.crt"), filepath.Join(dir, "admin.key"))
-	return writeFileAtomic(c.BerthctlConfig(), []byte(conf), 0o600)
+	return atomicfile.WriteFile(c.BerthctlConfig(), []byte(conf), 0o600)
 }
 
 // BerthctlCommand is the command that runs berthctl (the binary at bin)

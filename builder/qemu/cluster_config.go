@@ -8,6 +8,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/berth-os/berth/builder/seed"
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // NodeConfig is the node.yaml a cluster node boots with (the schema of
@@ -105,7 +106,7 @@ func (c *Cluster) WriteNodeConfig(i int, nodeYAML []byte) error {
 	if pid := n.pid(); pid != 0 {
 		return fmt.Errorf("%s is running (qemu pid %d): kill it before changing its seed disk", n.Name, pid)
 	}
-	if err := writeFileAtomic(n.NodeYAML(), nodeYAML, 0o600); err != nil {
+	if err := atomicfile.WriteFile(n.NodeYAML(), nodeYAML, 0o600); err != nil {
 		return err
 	}
 	if err := seed.Write(n.Seed(), nodeYAML); err != nil {
