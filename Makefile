@@ -143,3 +143,12 @@ bench: deps build
 
 clean:
 	rm -rf bin $(OUT)
+
+# Man pages of the programs into man/ (gitignored): each program's hidden
+# `gen-man DIR` command (cli.GenManCommand). Add a program's package here.
+MAN_PROGRAMS = ./builder/cmd/berth-build ./updater/cmd/berth-update
+.PHONY: man
+man:
+	@mkdir -p man
+	@for p in $(MAN_PROGRAMS); do $(GO) run $$p gen-man man || exit 1; done
+	@ls man

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,106 +12,115 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/berth-os/berth/builder/qemu"
+	"github.com/berth-os/berth/internal/cli"
 )
 
-const clusterUsage = `Usage: berth-build cluster up|down|status|ctl [flags]
-
-A cluster of berth VMs under qemu on a private network (namespace
+func clusterCmd() *cobra.Command {
+	var name, dir, berthctl string
+	cluster := group(&cobra.Command{
+		Use:   "cluster",
+		Short: "Boot N nodes of an image as a cluster on a private network (make cluster)",
+		Long: `A cluster of berth VMs under qemu on a private network (namespace
 berth-cl-NAME, bridge 10.240.0.1/24 and fd00:240::1/64, node N at
-10.240.0.1N); the VMs keep running after "up" returns. Needs root.
+10.240.0.1N); the VMs keep running after "up" returns. Needs root.`,
+	})
+	pf := cluster.PersistentFlags()
+	pf.StringVar(&name, "name", "dev", "cluster `name`")
+	pf.StringVar(&dir, "dir", "", "cluster `directory` (default "+qemu.DefaultClusterRoot+"/NAME)")
+	pf.StringVar(&berthctl, "berthctl", filepath.Join(filepath.Dir(defaultInit()), "berthctl"), "berthctl `binary`")
+	clusterDir := func() string {
+		if dir == "" {
+			return filepath.Join(qemu.DefaultClusterRoot, name)
+		}
+		return dir
+	}
 
-  up      create and boot N nodes from IMAGE; node-1 bootstraps the cluster
-          with a generated secret, the others join it. Waits until
-          berthctl lists N Ready nodes and prints them.
-  down    kill the VMs, remove the namespace and the cluster's directory.
-  status  the nodes' qemu processes and, once up, berthctl nodes.
-  ctl     run berthctl in the namespace with the admin certificate:
-          berth-build cluster ctl [--name NAME] -- nodes
-
-Flags (all commands): --name NAME (default dev), --dir DIR (default
-` + qemu.DefaultClusterRoot + `/NAME), --berthctl PATH (default: beside berth-build)
-Flags of up: --image IMAGE (required), -n N (default 3), -m MiB (768),
---timeout DURATION (20m), --accel kvm|tcg|auto (default auto, or
-$BERTH_ACCEL: KVM when a guest really runs under it, else software
-emulation; the choice is kept for every later boot of the cluster)
-`
-
-func cmdCluster(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, clusterUsage)
-		return 2
-	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, clusterUsage)
-		return 0
-	}
-	sub, args := args[0], args[1:]
-	fs := flag.NewFlagSet("cluster "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, clusterUsage) }
-	name := fs.String("name", "dev", "cluster `name`")
-	dir := fs.String("dir", "", "cluster `directory`")
-	berthctl := fs.String("berthctl", filepath.Join(filepath.Dir(defaultInit()), "berthctl"), "berthctl `binary`")
-	image := fs.String("image", "", "the built `image` (.raw or .qcow2)")
-	nodes := fs.Int("n", 3, "number of `nodes` (1-9)")
-	mem := fs.Int("m", 768, "memory per VM in `MiB`")
-	timeout := fs.Duration("timeout", 20*time.Minute, "how long up waits for the cluster")
-	accelFlag := fs.String("accel", "", "qemu `accelerator`: kvm, tcg or auto (default auto or $"+qemu.AccelEnv+")")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if *dir == "" {
-		*dir = filepath.Join(qemu.DefaultClusterRoot, *name)
-	}
-	switch sub {
-	case "up":
-		if fs.NArg() > 0 {
-			fmt.Fprintf(stderr, "berth-build cluster up: unexpected argument %q\n", fs.Arg(0))
-			return 2
-		}
-		if *image == "" {
-			fmt.Fprintln(stderr, "berth-build cluster up: --image is required (make image builds one in out/)")
-			return 2
-		}
-		accel, err := qemu.ParseAccel(*accelFlag)
-		if err != nil {
-			fmt.Fprintf(stderr, "berth-build cluster up: --accel: %v\n", err)
-			return 2
-		}
-		return clusterUp(qemu.ClusterConfig{Name: *name, Image: *image, Nodes: *nodes, Dir: *dir, MemoryMiB: *mem, Accel: accel}, *berthctl, *timeout, stdout, stderr)
-	case "down":
-		if err := qemu.DestroyCluster(*name, *dir); err != nil {
-			fmt.Fprintf(stderr, "berth-build cluster down: %v\n", err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "cluster %s is down (namespace berth-cl-%s and %s removed)\n", *name, *name, *dir)
-		return 0
-	case "status":
-		return clusterStatus(*dir, *berthctl, stdout, stderr)
-	case "ctl":
-		c, err := qemu.OpenCluster(*dir)
-		if err != nil {
-			fmt.Fprintf(stderr, "berth-build cluster ctl: %v (is cluster %s up?)\n", err, *name)
-			return 1
-		}
-		cmd := c.BerthctlCommand(context.Background(), *berthctl, fs.Args()...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
-		if err := cmd.Run(); err != nil {
-			var exit *exec.ExitError
-			if errors.As(err, &exit) {
-				return exit.ExitCode()
+	var (
+		image, accelFlag string
+		nodes, mem       int
+		timeout          time.Duration
+	)
+	up := &cobra.Command{
+		Use:   "up --image IMAGE",
+		Short: "Create and boot N nodes from IMAGE and wait until they are Ready",
+		Long: `Create and boot N nodes from IMAGE; node-1 bootstraps the cluster with a
+generated secret, the others join it. Waits until berthctl lists N Ready
+nodes and prints them. The accelerator chosen (--accel, default auto or
+$` + qemu.AccelEnv + `: KVM when a guest really runs under it, else software
+emulation) is kept for every later boot of the cluster.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if image == "" {
+				return cli.Usagef("cluster up: --image is required (make image builds one in out/)")
 			}
-			fmt.Fprintf(stderr, "berth-build cluster ctl: %v\n", err)
-			return 1
-		}
-		return 0
+			accel, err := qemu.ParseAccel(accelFlag)
+			if err != nil {
+				return cli.Usagef("cluster up: --accel: %v", err)
+			}
+			return exit(clusterUp(qemu.ClusterConfig{Name: name, Image: image, Nodes: nodes, Dir: clusterDir(), MemoryMiB: mem, Accel: accel},
+				berthctl, timeout, c.OutOrStdout(), c.ErrOrStderr()))
+		},
 	}
-	fmt.Fprintf(stderr, "berth-build cluster: unknown command %q (up, down, status, ctl)\n", sub)
-	return 2
+	f := up.Flags()
+	f.StringVar(&image, "image", "", "the built `image` (.raw or .qcow2) (required)")
+	f.IntVarP(&nodes, "nodes", "n", 3, "number of `nodes` (1-9)")
+	f.IntVarP(&mem, "memory", "m", 768, "memory per VM in `MiB`")
+	f.DurationVar(&timeout, "timeout", 20*time.Minute, "how long up waits for the cluster")
+	f.StringVar(&accelFlag, "accel", "", "qemu `accelerator`: kvm, tcg or auto (default auto or $"+qemu.AccelEnv+")")
+
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Kill the VMs, remove the namespace and the cluster's directory",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := qemu.DestroyCluster(name, clusterDir()); err != nil {
+				return fmt.Errorf("cluster down: %w", err)
+			}
+			fmt.Fprintf(c.OutOrStdout(), "cluster %s is down (namespace berth-cl-%s and %s removed)\n", name, name, clusterDir())
+			return nil
+		},
+	}
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the nodes' qemu processes and, once up, berthctl nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return exit(clusterStatus(clusterDir(), berthctl, c.OutOrStdout(), c.ErrOrStderr()))
+		},
+	}
+	ctl := &cobra.Command{
+		Use:   "ctl [--name NAME] -- BERTHCTL-ARGS...",
+		Short: "Run berthctl in the cluster's namespace with the admin certificate",
+		Long: `Runs berthctl in the cluster's network namespace with the admin
+certificate, e.g. berth-build cluster ctl --name dev -- nodes. Everything
+from the first argument on (or after --) goes to berthctl; its exit status
+is ctl's.`,
+		Example: "  berth-build cluster ctl -- nodes",
+		Args:    cobra.ArbitraryArgs,
+		RunE: func(c *cobra.Command, args []string) error {
+			cl, err := qemu.OpenCluster(clusterDir())
+			if err != nil {
+				return fmt.Errorf("cluster ctl: %w (is cluster %s up?)", err, name)
+			}
+			cmd := cl.BerthctlCommand(context.Background(), berthctl, args...)
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.OutOrStdout(), c.ErrOrStderr()
+			if err := cmd.Run(); err != nil {
+				var exit *exec.ExitError
+				if errors.As(err, &exit) {
+					return &cli.ExitError{Code: exit.ExitCode()}
+				}
+				return fmt.Errorf("cluster ctl: %w", err)
+			}
+			return nil
+		},
+	}
+	// berthctl's own flags are berthctl's: options end at the first argument.
+	ctl.Flags().SetInterspersed(false)
+	cluster.AddCommand(up, down, status, ctl)
+	return cluster
 }
 
 func clusterUp(cfg qemu.ClusterConfig, berthctl string, timeout time.Duration, stdout, stderr io.Writer) int {

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/spf13/cobra"
 
 	"github.com/berth-os/berth/agent/nodeconfig"
 	"github.com/berth-os/berth/builder/seed"
@@ -44,48 +44,37 @@ func loadNodeConfig(path string, force bool, stderr io.Writer) ([]byte, bool) {
 	return data, true
 }
 
-func cmdSeed(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	out := fs.String("o", "seed.img", "output `file`: the seed disk image")
-	force := fs.Bool("force", false, "write the seed even when node.yaml has errors (they are reported at boot)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, `Usage: berth-build seed NODE.yaml [-o seed.img] [--force]
-
-Writes a seed disk: a small FAT image labelled %s holding NODE.yaml as
+func seedCmd() *cobra.Command {
+	var (
+		out   string
+		force bool
+	)
+	c := &cobra.Command{
+		Use:   "seed NODE.yaml",
+		Short: "Write a seed disk (FAT, label BERTH-SEED) holding a node's configuration",
+		Long: `Writes a seed disk: a small FAT image labelled ` + seed.Label + ` holding NODE.yaml as
 /node.yaml. Attach it to a node as an extra disk (for qemu:
 -drive file=seed.img,format=raw,if=virtio,readonly=on); berth-node-config
-applies it at every boot. NODE.yaml is checked first, as the node would.
+applies it at every boot. NODE.yaml is checked first, as the node would.`,
+		Args: exactlyOne("NODE.yaml"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return exit(runSeed(args[0], out, force, c.OutOrStdout(), c.ErrOrStderr()))
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "seed.img", "output `file`: the seed disk image")
+	c.Flags().BoolVar(&force, "force", false, "write the seed even when node.yaml has errors (they are reported at boot)")
+	return c
+}
 
-Flags:
-`, seed.Label)
-		fs.PrintDefaults()
-	}
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return 0
-			}
-			return 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
-	}
-	if len(pos) != 1 {
-		fmt.Fprintf(stderr, "berth-build seed: want exactly one NODE.yaml, got %d; see --help\n", len(pos))
-		return 2
-	}
-	data, ok := loadNodeConfig(pos[0], *force, stderr)
+func runSeed(path, out string, force bool, stdout, stderr io.Writer) int {
+	data, ok := loadNodeConfig(path, force, stderr)
 	if !ok {
 		return 2
 	}
-	if err := seed.Write(*out, data); err != nil {
+	if err := seed.Write(out, data); err != nil {
 		fmt.Fprintf(stderr, "berth-build: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "wrote %s (FAT, label %s, /node.yaml %d bytes)\n", *out, seed.Label, len(data))
+	fmt.Fprintf(stdout, "wrote %s (FAT, label %s, /node.yaml %d bytes)\n", out, seed.Label, len(data))
 	return 0
 }
