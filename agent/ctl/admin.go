@@ -85,6 +85,9 @@ func cmdTenantAdd(ctx context.Context, s *session) error {
 			return err
 		}
 	}
+	if s.opts.output != "table" {
+		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "user": user, "quota": q})
+	}
 	fmt.Fprintf(s.sys.Stdout, "tenant %s ready (etcd user %q, quota cpu %s memory %s); issue its certificate on a voter with:\n  berth-agent issue-cert --tenant %s --out DIR\n",
 		tenant, user, orUnlimited(q.CPUMillis, jobs.FormatCPU), orUnlimited(q.MemoryBytes, jobs.FormatMemory), tenant)
 	return nil
@@ -277,7 +280,7 @@ func cmdStats(ctx context.Context, s *session) error {
 	if s.opts.output != "table" {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "items": rows})
 	}
-	t := newTable(s.sys.Stdout, "JOB", "REPLICA", "NODE", "CPU", "MEMORY", "LIMIT", "PIDS", "READ", "WRITE")
+	t := s.table("JOB", "REPLICA", "NODE", "CPU", "MEMORY", "LIMIT", "PIDS", "READ", "WRITE")
 	for _, r := range rows {
 		t.row(r.Job, strconv.Itoa(r.Replica), r.Node, fmt.Sprintf("%.1f%%", r.CPUCores*100),
 			jobs.FormatMemory(int64(r.MemoryBytes)), limitText(r.MemoryLimit), strconv.FormatUint(r.Pids, 10),

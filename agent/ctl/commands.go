@@ -108,7 +108,7 @@ func cmdNodes(ctx context.Context, s *session) error {
 		fmt.Fprintln(s.sys.Stdout, w)
 	}
 	now := s.sys.Now()
-	t := newTable(s.sys.Stdout, "NAME", "ROLE", "READY", "OS-VERSION", "SLOT", "UPDATE", "AGE")
+	t := s.table("NAME", "ROLE", "READY", "OS-VERSION", "SLOT", "UPDATE", "AGE")
 	for _, r := range list.Items {
 		version, slot, update, age := "-", "-", "-", "-"
 		if d := r.Document; d != nil {
@@ -236,7 +236,7 @@ func cmdMembers(ctx context.Context, s *session) error {
 	if s.opts.output != "table" {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string][]Member{"members": members})
 	}
-	t := newTable(s.sys.Stdout, "ID", "NAME", "STATUS", "PEER-URLS", "CLIENT-URLS")
+	t := s.table("ID", "NAME", "STATUS", "PEER-URLS", "CLIENT-URLS")
 	for _, m := range members {
 		status := "follower"
 		switch {

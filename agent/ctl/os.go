@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -26,9 +25,8 @@ import (
 	"github.com/berth-os/berth/updater/payload"
 )
 
-const osUsage = `usage: berthctl os COMMAND [ARGS] [FLAGS]
-
-Cluster-wide OS rollouts. These commands need an admin client certificate
+// osLong is the help text of `berthctl os`.
+const osLong = `Cluster-wide OS rollouts. These commands need an admin client certificate
 (--cacert, --cert, --key); push and rollout also talk to the agents' API.
 
 Commands:
@@ -69,56 +67,6 @@ type osOptions struct {
 	payload        string
 	force          bool
 	reason         string
-}
-
-func (o *osOptions) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.keys, "keys", "", "")
-	fs.IntVar(&o.maxUnavailable, "max-unavailable", 1, "")
-	fs.StringVar(&o.group, "group", "", "")
-	fs.StringVar(&o.window, "window", "", "")
-	fs.IntVar(&o.canary, "canary", 1, "")
-	fs.DurationVar(&o.deadline, "deadline", rollout.DefaultDeadline, "")
-	fs.IntVar(&o.maxFailures, "max-failures", 0, "")
-	fs.BoolVar(&o.autoRevert, "auto-revert", false, "")
-	fs.StringVar(&o.payload, "payload", "", "")
-	fs.BoolVar(&o.force, "force", false, "")
-	fs.StringVar(&o.reason, "reason", "", "")
-}
-
-// osCommand picks the os subcommand and checks its arguments. It returns
-// a nil command without error when it printed the usage that was asked for.
-func osCommand(args []string, sys IO) (func(context.Context, *session) error, error) {
-	if len(args) == 0 {
-		fmt.Fprint(sys.Stderr, osUsage)
-		return nil, fail(ExitUsage, "os: no command given (push, rollout, status, pause, resume or abort)")
-	}
-	commands := map[string]struct {
-		cmd  func(context.Context, *session) error
-		args string // the positional arguments after the subcommand
-	}{
-		"push":    {cmdOSPush, "PAYLOAD"},
-		"rollout": {cmdOSRollout, "VERSION"},
-		"status":  {cmdOSStatus, ""},
-		"pause":   {cmdOSPause, ""},
-		"resume":  {cmdOSResume, ""},
-		"abort":   {cmdOSAbort, ""},
-	}
-	if args[0] == "help" {
-		fmt.Fprint(sys.Stdout, osUsage)
-		return nil, nil
-	}
-	c, ok := commands[args[0]]
-	if !ok {
-		return nil, fail(ExitUsage, "unknown command \"os %s\" (see berthctl os --help)", args[0])
-	}
-	want := len(strings.Fields(c.args))
-	if len(args)-1 != want {
-		if want == 0 {
-			return nil, fail(ExitUsage, "os %s takes no arguments, got %d", args[0], len(args)-1)
-		}
-		return nil, fail(ExitUsage, "usage: berthctl os %s %s", args[0], c.args)
-	}
-	return c.cmd, nil
 }
 
 // pushTimeout bounds the upload of one payload to one node.

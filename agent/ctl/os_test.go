@@ -696,7 +696,7 @@ func TestOSUsage(t *testing.T) {
 		{[]string{"os", "rollout", "1", "2"}, "usage: berthctl os rollout VERSION"},
 		{[]string{"os", "status", "now"}, "os status takes no arguments"},
 		{[]string{"os", "pause", "--reason"}, "flag needs an argument"},
-		{[]string{"os", "rollout", "0.3.0", "--canary", "many"}, "invalid value"},
+		{[]string{"os", "rollout", "0.3.0", "--canary", "many"}, `invalid argument "many" for "--canary"`},
 	} {
 		code, _, errOut := berthctl(t, nil, c.args...)
 		if code != ctl.ExitUsage {

@@ -21,6 +21,14 @@ func newTable(w io.Writer, header ...string) *table {
 	return t
 }
 
+// table is a table on standard output, with its header unless --no-headers.
+func (s *session) table(header ...string) *table {
+	if s.opts.noHeaders {
+		return &table{tw: tabwriter.NewWriter(s.sys.Stdout, 0, 0, 3, ' ', 0)}
+	}
+	return newTable(s.sys.Stdout, header...)
+}
+
 func (t *table) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
 
 func (t *table) flush() error {

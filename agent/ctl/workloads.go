@@ -70,7 +70,7 @@ func certTenant(certFile string) string {
 
 func cmdRun(ctx context.Context, s *session) error {
 	if s.opts.file == "" {
-		return fail(ExitUsage, "run needs -f FILE (a job in YAML or JSON; - reads standard input)")
+		return fail(ExitUsage, "run needs FILE (a job in YAML or JSON; - reads standard input; -f FILE works too)")
 	}
 	var data []byte
 	var err error
@@ -113,6 +113,9 @@ func cmdRun(ctx context.Context, s *session) error {
 	})
 	if err != nil {
 		return err
+	}
+	if s.opts.output != "table" {
+		return writeStructured(s.sys.Stdout, s.opts.output, job)
 	}
 	fmt.Fprintf(s.sys.Stdout, "job %s/%s submitted (revision %d): %d replica(s) of %s pinned to %s\n", job.Tenant, job.Name, rev, job.Replicas, job.Image, job.ImageDigest)
 	return nil
@@ -182,7 +185,7 @@ func cmdJobs(ctx context.Context, s *session) error {
 	if s.opts.output != "table" {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "items": list})
 	}
-	t := newTable(s.sys.Stdout, "JOB", "IMAGE", "WANT", "PLACED", "RUNNING", "CPU", "MEMORY", "STATUS")
+	t := s.table("JOB", "IMAGE", "WANT", "PLACED", "RUNNING", "CPU", "MEMORY", "STATUS")
 	for _, r := range list {
 		placed, msg := "-", ""
 		if r.Placement != nil {
@@ -251,7 +254,7 @@ func cmdPs(ctx context.Context, s *session) error {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "items": list})
 	}
 	now := s.sys.Now()
-	t := newTable(s.sys.Stdout, "JOB", "REPLICA", "NODE", "STATE", "RESTARTS", "EXIT", "IP", "DIGEST", "AGE", "REASON")
+	t := s.table("JOB", "REPLICA", "NODE", "STATE", "RESTARTS", "EXIT", "IP", "DIGEST", "AGE", "REASON")
 	for _, st := range list {
 		exit, age := "-", "-"
 		if st.ExitCode != nil {
@@ -276,6 +279,7 @@ func setStopped(ctx context.Context, s *session, stopped bool) error {
 	}
 	key := jobs.JobKey(tenant, s.opts.args[0])
 	var done bool
+	var written jobs.Job
 	err = s.request(ctx, s.opts.command+" job", func(ctx context.Context) error {
 		resp, err := s.cli.Get(ctx, key)
 		if err != nil {
@@ -301,7 +305,7 @@ func setStopped(ctx context.Context, s *session, stopped bool) error {
 		if !tx.Succeeded {
 			return errors.New("the job changed meanwhile; try again")
 		}
-		done = true
+		done, written = true, j
 		return nil
 	})
 	if err != nil {
@@ -309,6 +313,9 @@ func setStopped(ctx context.Context, s *session, stopped bool) error {
 	}
 	if !done {
 		return fail(ExitNotFound, "job %s/%s not found", tenant, s.opts.args[0])
+	}
+	if s.opts.output != "table" {
+		return writeStructured(s.sys.Stdout, s.opts.output, written)
 	}
 	verb := "stopped: its containers are being stopped"
 	if !stopped {
@@ -378,7 +385,7 @@ func cmdUsage(ctx context.Context, s *session) error {
 	if s.opts.output != "table" {
 		return writeStructured(s.sys.Stdout, s.opts.output, map[string]any{"tenant": tenant, "nodes": rows, "total": total})
 	}
-	t := newTable(s.sys.Stdout, "TENANT", "NODE", "CPU-SECONDS", "MEMORY-GIB-HOURS", "UPDATED")
+	t := s.table("TENANT", "NODE", "CPU-SECONDS", "MEMORY-GIB-HOURS", "UPDATED")
 	for _, r := range rows {
 		t.row(tenant, r.Node, fmt.Sprintf("%.3f", r.CPUSeconds), fmt.Sprintf("%.6f", r.MemoryGiBHours), r.Updated.Format(time.RFC3339))
 	}
