@@ -14,7 +14,7 @@ const placeholderIP = "192.0.2.1"
 // to). The error is one line naming the offending setting; YAML errors
 // carry "line N" of data.
 func CheckFile(data []byte, hostname string) error {
-	merged := defaults()
+	var merged Config
 	if err := decodeStrict(data, &merged); err != nil {
 		return err
 	}
@@ -27,6 +27,5 @@ func CheckFile(data []byte, hostname string) error {
 	if merged.AdvertiseIP == "" && (merged.PeerURL == "" || merged.ClientURL == "" || merged.APIURL == "") {
 		merged.AdvertiseIP = placeholderIP
 	}
-	_, err := merged.validate()
-	return err
+	return merged.Validate()
 }

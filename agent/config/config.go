@@ -6,7 +6,6 @@ package config
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
 	"github.com/berth-os/berth/agent/pki"
@@ -29,276 +29,213 @@ import (
 // --config is not given; a missing default file is not an error.
 const DefaultPath = "/etc/berth/agent.yaml"
 
-// Config is the agent's complete, validated configuration.
+// Config is the agent's whole configuration: the YAML file's keys (yaml
+// tags) and the flags (BindFlags) are the same fields. Validate fills the
+// defaults of unset fields, checks every setting and derives the rest.
 type Config struct {
-	Name       string
-	DataDir    string
-	PeerURL    string // https://IP:2380, etcd peer traffic
-	ClientURL  string // https://IP:2379, etcd client API
-	APIURL     string // https://IP:7480, the agent's join API
-	MetricsURL string // http://127.0.0.1:7481, /healthz /readyz /metrics
-	Join       []string
-	Token      string // raw token text (from token or token_file); empty when bootstrapping
-	Voters     int
-	DeadAfter  time.Duration
-	NodeTTL    time.Duration // lease TTL of the node document
+	Name        string   `yaml:"name"`
+	DataDir     string   `yaml:"data_dir"`
+	PeerURL     string   `yaml:"peer_url"`    // https://IP:2380, etcd peer traffic
+	ClientURL   string   `yaml:"client_url"`  // https://IP:2379, etcd client API
+	APIURL      string   `yaml:"api_url"`     // https://IP:7480, the agent's join API
+	MetricsURL  string   `yaml:"metrics_url"` // http://127.0.0.1:7481, /healthz /readyz /metrics
+	AdvertiseIP string   `yaml:"advertise_ip"`
+	Join        []string `yaml:"join"`
+	// Token is the raw token text; after Validate it holds token_file's
+	// content too (and TokenFile is cleared). Empty when bootstrapping.
+	Token     string   `yaml:"token"`
+	TokenFile string   `yaml:"token_file"`
+	Voters    int      `yaml:"voters"`
+	DeadAfter Duration `yaml:"dead_after"`
+	NodeTTL   Duration `yaml:"node_ttl"` // lease TTL of the node document
 	// etcd raft timing; short values make tests fast, defaults suit real networks.
-	HeartbeatInterval time.Duration
-	ElectionTimeout   time.Duration
-	LogLevel          string // debug, info, warn, error
-	EtcdLogLevel      string // etcd's own (zap) log level
+	HeartbeatInterval Duration `yaml:"heartbeat_interval"`
+	ElectionTimeout   Duration `yaml:"election_timeout"`
+	LogLevel          string   `yaml:"log_level"`      // debug, info, warn, error
+	EtcdLogLevel      string   `yaml:"etcd_log_level"` // etcd's own (zap) log level
 	// etcd's space: the backend quota, how much history auto-compaction
 	// keeps (periodic mode), and how often each member may be defragmented.
-	EtcdQuotaBytes      int64
-	CompactionRetention time.Duration
-	DefragInterval      time.Duration
+	EtcdQuota           Size     `yaml:"etcd_quota"`
+	CompactionRetention Duration `yaml:"compaction_retention"`
+	DefragInterval      Duration `yaml:"defrag_interval"`
 	// NodeRefresh is how often the node document's slowly changing
 	// figures (load, free memory, uptime) are rewritten when nothing else
 	// changed.
-	NodeRefresh time.Duration
+	NodeRefresh Duration `yaml:"node_refresh"`
 
 	// Workloads (containers). Labels are matched by jobs' node selectors.
-	Labels          map[string]string
-	Containers      bool   // run containers on this node (and the scheduler)
-	StateDir        string // containers, images, volumes, registry, network state
-	RescheduleGrace time.Duration
-	Bridge          string
-	BridgeSubnet4   netip.Prefix
-	BridgeSubnet6   netip.Prefix // invalid: IPv6 off for containers
-	PortBindIP      string
-	CgroupParent    string // tenants' cgroup subtrees live under CgroupParent/tenants/
-	NetNSDir        string // containers' named network namespaces
-}
-
-// file mirrors the YAML file. Durations are strings ("30s") so that a bare
-// number is refused instead of silently meaning nanoseconds.
-type file struct {
-	Name                string   `yaml:"name"`
-	DataDir             string   `yaml:"data_dir"`
-	PeerURL             string   `yaml:"peer_url"`
-	ClientURL           string   `yaml:"client_url"`
-	APIURL              string   `yaml:"api_url"`
-	MetricsURL          string   `yaml:"metrics_url"`
-	AdvertiseIP         string   `yaml:"advertise_ip"`
-	Join                []string `yaml:"join"`
-	Token               string   `yaml:"token"`
-	TokenFile           string   `yaml:"token_file"`
-	Voters              int      `yaml:"voters"`
-	DeadAfter           string   `yaml:"dead_after"`
-	NodeTTL             string   `yaml:"node_ttl"`
-	HeartbeatInterval   string   `yaml:"heartbeat_interval"`
-	ElectionTimeout     string   `yaml:"election_timeout"`
-	LogLevel            string   `yaml:"log_level"`
-	EtcdLogLevel        string   `yaml:"etcd_log_level"`
-	EtcdQuota           string   `yaml:"etcd_quota"`
-	CompactionRetention string   `yaml:"compaction_retention"`
-	DefragInterval      string   `yaml:"defrag_interval"`
-	NodeRefresh         string   `yaml:"node_refresh"`
-
 	Labels          map[string]string `yaml:"labels"`
-	Containers      *bool             `yaml:"containers"`
-	StateDir        string            `yaml:"state_dir"`
-	RescheduleGrace string            `yaml:"reschedule_grace"`
+	Containers      *bool             `yaml:"containers"` // run containers on this node (and the scheduler); nil: true
+	StateDir        string            `yaml:"state_dir"`  // containers, images, volumes, registry, network state
+	RescheduleGrace Duration          `yaml:"reschedule_grace"`
 	Bridge          string            `yaml:"bridge"`
 	BridgeSubnet    string            `yaml:"bridge_subnet"`
-	BridgeSubnet6   string            `yaml:"bridge_subnet6"`
+	BridgeSubnet6   string            `yaml:"bridge_subnet6"` // "none": IPv6 off for containers
 	PortBindIP      string            `yaml:"port_bind_ip"`
-	CgroupParent    string            `yaml:"cgroup_parent"`
-	NetNSDir        string            `yaml:"netns_dir"`
+	CgroupParent    string            `yaml:"cgroup_parent"` // tenants' cgroup subtrees live under CgroupParent/tenants/
+	NetNSDir        string            `yaml:"netns_dir"`     // containers' named network namespaces
+
+	// Derived by Validate.
+	BridgePrefix4 netip.Prefix `yaml:"-"`
+	BridgePrefix6 netip.Prefix `yaml:"-"` // invalid: IPv6 off for containers
 }
 
-func defaults() file {
-	return file{
-		DataDir:             "/var/lib/berth/agent",
-		MetricsURL:          "http://127.0.0.1:7481",
-		Voters:              3,
-		DeadAfter:           "30s",
-		NodeTTL:             state.DefaultTTL.String(),
-		HeartbeatInterval:   "100ms",
-		ElectionTimeout:     "1s",
-		LogLevel:            "info",
-		EtcdLogLevel:        "warn",
-		EtcdQuota:           "2GiB",
-		CompactionRetention: "5m",
-		DefragInterval:      "1h",
-		NodeRefresh:         "5m",
-		StateDir:            "/var/lib/berth",
-		RescheduleGrace:     "10s",
-		Bridge:              "berth0",
-		BridgeSubnet:        "10.88.0.0/24",
-		BridgeSubnet6:       "fd42:6265:7274::/64",
-		PortBindIP:          "0.0.0.0",
-		CgroupParent:        "berth",
-		NetNSDir:            "/run/berth/netns",
-	}
-}
+// RunContainers reports whether this node runs containers (default true).
+func (c *Config) RunContainers() bool { return c.Containers == nil || *c.Containers }
 
-// HelpError is returned by Parse for -h/--help; Print writes the usage.
-type HelpError struct{ flags *flag.FlagSet }
-
-func (*HelpError) Error() string { return "help requested" }
-
-// Print writes the usage text with every flag.
-func (h *HelpError) Print(w io.Writer) {
-	fmt.Fprintf(w, `Usage: berth-agent [flags]
-       berth-agent issue-cert --admin|--ops|--tenant NAME [--data-dir DIR] --out DIR
-       berth-agent issue-ops-cert --data-dir DIR --out DIR
-       berth-agent node-config [--root DIR] [--esp DIR]   (at boot: apply node.yaml)
-
-Runs this node's member of the cluster's embedded etcd (or a client node
-beyond the voter target), publishes the node document under /berth/v1/nodes/
-and serves /healthz, /readyz and /metrics on the metrics URL.
-With an empty data dir and no --join it bootstraps a new cluster and prints
-the join token; with --join and --token it joins an existing one.
-Settings come from the YAML file (%s when present) and flags override it.
-
-Flags:
-`, DefaultPath)
-	h.flags.SetOutput(w)
-	h.flags.PrintDefaults()
-	fmt.Fprintln(w, "\nExit status: 0 stopped cleanly, 1 failed, 2 bad configuration.")
-}
-
-// Parse reads flags (args without the program name), the YAML file named by
-// --config (or DefaultPath when present), and returns the validated result.
-// Flags given on the command line override the file.
-func Parse(args []string) (Config, error) {
-	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var flags file
-	configPath := fs.String("config", "", "YAML configuration file (default "+DefaultPath+" when it exists)")
-	fs.StringVar(&flags.Name, "name", "", "node name (default: host name)")
-	fs.StringVar(&flags.DataDir, "data-dir", "", "data directory")
-	fs.StringVar(&flags.PeerURL, "peer-url", "", "etcd peer URL, https://IP:2380")
-	fs.StringVar(&flags.ClientURL, "client-url", "", "etcd client URL, https://IP:2379")
-	fs.StringVar(&flags.APIURL, "api-url", "", "join API URL, https://IP:7480")
-	fs.StringVar(&flags.MetricsURL, "metrics-url", "", "health and metrics URL, http://IP:PORT")
-	fs.StringVar(&flags.AdvertiseIP, "advertise-ip", "", "IP used for default URLs (default: first global unicast address)")
-	join := fs.String("join", "", "comma-separated join API URLs of existing agents")
-	fs.StringVar(&flags.Token, "token", "", "join token SECRET.sha256:HEX, or a bare 32-hex SECRET chosen in advance (bootstrap: adopt it; join: authenticate the CA with it)")
-	fs.StringVar(&flags.TokenFile, "token-file", "", "file holding the join token")
-	fs.IntVar(&flags.Voters, "voters", 0, "voting members wanted (1, 3 or 5; bootstrap only)")
-	fs.StringVar(&flags.DeadAfter, "dead-after", "", "remove a voter whose node document is gone this long")
-	fs.StringVar(&flags.NodeTTL, "node-ttl", "", "lease TTL of the node document")
-	fs.StringVar(&flags.HeartbeatInterval, "heartbeat-interval", "", "etcd heartbeat interval")
-	fs.StringVar(&flags.ElectionTimeout, "election-timeout", "", "etcd election timeout")
-	fs.StringVar(&flags.LogLevel, "log-level", "", "debug, info, warn or error")
-	fs.StringVar(&flags.EtcdLogLevel, "etcd-log-level", "", "etcd's log level: debug, info, warn or error")
-	fs.StringVar(&flags.EtcdQuota, "etcd-quota", "", "etcd backend quota, e.g. 2GiB (writes stop with a NOSPACE alarm beyond it)")
-	fs.StringVar(&flags.CompactionRetention, "compaction-retention", "", "etcd history kept by auto-compaction (periodic), e.g. 5m")
-	fs.StringVar(&flags.DefragInterval, "defrag-interval", "", "defragment each etcd member at most this often (sooner when space runs low)")
-	fs.StringVar(&flags.NodeRefresh, "node-refresh", "", "rewrite the node document's load, free memory and uptime this often when nothing else changed")
-	labels := fs.String("labels", "", "node labels KEY=VALUE,... (matched by jobs' node_selector)")
-	containers := fs.Bool("containers", true, "run containers and the scheduler on this node")
-	fs.StringVar(&flags.StateDir, "state-dir", "", "containers, images, volumes and registry (default /var/lib/berth)")
-	fs.StringVar(&flags.RescheduleGrace, "reschedule-grace", "", "how long a node may be gone before its containers run elsewhere")
-	fs.StringVar(&flags.Bridge, "bridge", "", "container bridge interface (default berth0)")
-	fs.StringVar(&flags.BridgeSubnet, "bridge-subnet", "", "container IPv4 subnet (default 10.88.0.0/24)")
-	fs.StringVar(&flags.BridgeSubnet6, "bridge-subnet6", "", "container IPv6 subnet, or none (default fd42:6265:7274::/64)")
-	fs.StringVar(&flags.PortBindIP, "port-bind-ip", "", "host address of container port mappings (default 0.0.0.0)")
-	fs.StringVar(&flags.NetNSDir, "netns-dir", "", "where containers' network namespaces are pinned (default /run/berth/netns)")
-	fs.StringVar(&flags.CgroupParent, "cgroup-parent", "", "cgroup of all containers; tenants get CGROUP/tenants/NAME (default berth)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return Config{}, &HelpError{flags: fs}
+// setDefaults fills every unset setting that has a fixed default.
+func (c *Config) setDefaults() {
+	str := func(p *string, v string) {
+		if *p == "" {
+			*p = v
 		}
-		return Config{}, fmt.Errorf("flags: %w", err)
 	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	dur := func(p *Duration, v time.Duration) {
+		if !p.isSet() {
+			*p = Duration{Duration: v}
+		}
 	}
+	str(&c.DataDir, "/var/lib/berth/agent")
+	str(&c.MetricsURL, "http://127.0.0.1:7481")
+	if c.Voters == 0 {
+		c.Voters = 3
+	}
+	dur(&c.DeadAfter, 30*time.Second)
+	dur(&c.NodeTTL, state.DefaultTTL)
+	dur(&c.HeartbeatInterval, 100*time.Millisecond)
+	dur(&c.ElectionTimeout, time.Second)
+	str(&c.LogLevel, "info")
+	str(&c.EtcdLogLevel, "warn")
+	if !c.EtcdQuota.isSet() {
+		c.EtcdQuota = Size{Bytes: 2 << 30}
+	}
+	dur(&c.CompactionRetention, 5*time.Minute)
+	dur(&c.DefragInterval, time.Hour)
+	dur(&c.NodeRefresh, 5*time.Minute)
+	dur(&c.RescheduleGrace, 10*time.Second)
+	str(&c.StateDir, "/var/lib/berth")
+	str(&c.Bridge, "berth0")
+	str(&c.BridgeSubnet, "10.88.0.0/24")
+	str(&c.BridgeSubnet6, "fd42:6265:7274::/64")
+	str(&c.PortBindIP, "0.0.0.0")
+	str(&c.CgroupParent, "berth")
+	str(&c.NetNSDir, "/run/berth/netns")
+	if c.Containers == nil {
+		yes := true
+		c.Containers = &yes
+	}
+}
 
-	merged := defaults()
-	path, explicit := *configPath, *configPath != ""
+// Defaults is a Config with every fixed default filled in (flags show
+// them in --help).
+func Defaults() Config {
+	var c Config
+	c.setDefaults()
+	return c
+}
+
+// BindFlags defines one flag per setting on fs, bound to c's fields.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Name, "name", c.Name, "node name (default: host name)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory")
+	fs.StringVar(&c.PeerURL, "peer-url", c.PeerURL, "etcd peer URL, https://IP:2380")
+	fs.StringVar(&c.ClientURL, "client-url", c.ClientURL, "etcd client URL, https://IP:2379")
+	fs.StringVar(&c.APIURL, "api-url", c.APIURL, "join API URL, https://IP:7480")
+	fs.StringVar(&c.MetricsURL, "metrics-url", c.MetricsURL, "health and metrics URL, http://IP:PORT")
+	fs.StringVar(&c.AdvertiseIP, "advertise-ip", c.AdvertiseIP, "IP used for default URLs (default: first global unicast address)")
+	fs.Var((*listValue)(&c.Join), "join", "comma-separated join API URLs of existing agents")
+	fs.Var(&tokenValue{c, false}, "token", "join token SECRET.sha256:HEX, or a bare 32-hex SECRET chosen in advance (bootstrap: adopt it; join: authenticate the CA with it)")
+	fs.Var(&tokenValue{c, true}, "token-file", "file holding the join token")
+	fs.IntVar(&c.Voters, "voters", c.Voters, "voting members wanted (1, 3 or 5; bootstrap only)")
+	fs.Var(&c.DeadAfter, "dead-after", "remove a voter whose node document is gone this long")
+	fs.Var(&c.NodeTTL, "node-ttl", "lease TTL of the node document")
+	fs.Var(&c.HeartbeatInterval, "heartbeat-interval", "etcd heartbeat interval")
+	fs.Var(&c.ElectionTimeout, "election-timeout", "etcd election timeout")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.EtcdLogLevel, "etcd-log-level", c.EtcdLogLevel, "etcd's log level: debug, info, warn or error")
+	fs.Var(&c.EtcdQuota, "etcd-quota", "etcd backend quota, e.g. 2GiB (writes stop with a NOSPACE alarm beyond it)")
+	fs.Var(&c.CompactionRetention, "compaction-retention", "etcd history kept by auto-compaction (periodic), e.g. 5m")
+	fs.Var(&c.DefragInterval, "defrag-interval", "defragment each etcd member at most this often (sooner when space runs low)")
+	fs.Var(&c.NodeRefresh, "node-refresh", "rewrite the node document's load, free memory and uptime this often when nothing else changed")
+	fs.Var((*labelsValue)(&c.Labels), "labels", "node labels KEY=VALUE,... (matched by jobs' node_selector)")
+	f := fs.VarPF(boolFlag{&c.Containers}, "containers", "", "run containers and the scheduler on this node")
+	f.NoOptDefVal = "true"
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "containers, images, volumes and registry")
+	fs.Var(&c.RescheduleGrace, "reschedule-grace", "how long a node may be gone before its containers run elsewhere")
+	fs.StringVar(&c.Bridge, "bridge", c.Bridge, "container bridge interface")
+	fs.StringVar(&c.BridgeSubnet, "bridge-subnet", c.BridgeSubnet, "container IPv4 subnet")
+	fs.StringVar(&c.BridgeSubnet6, "bridge-subnet6", c.BridgeSubnet6, "container IPv6 subnet, or none")
+	fs.StringVar(&c.PortBindIP, "port-bind-ip", c.PortBindIP, "host address of container port mappings")
+	fs.StringVar(&c.NetNSDir, "netns-dir", c.NetNSDir, "where containers' network namespaces are pinned")
+	fs.StringVar(&c.CgroupParent, "cgroup-parent", c.CgroupParent, "cgroup of all containers; tenants get CGROUP/tenants/NAME")
+}
+
+// ConfigFlag is the flag naming the YAML file.
+const ConfigFlag = "config"
+
+// AddFlags defines --config and every setting's flag on fs; Load reads
+// them back.
+func AddFlags(fs *pflag.FlagSet) {
+	fs.String(ConfigFlag, "", "YAML configuration file (default "+DefaultPath+" when it exists)")
+	c := Defaults()
+	c.BindFlags(fs)
+}
+
+// Load reads the YAML file named by fs's --config flag (or DefaultPath
+// when present), overrides it with the flags of fs given on the command
+// line, and returns the validated result. fs was set up by AddFlags.
+func Load(fs *pflag.FlagSet) (Config, error) {
+	var c Config
+	path, _ := fs.GetString(ConfigFlag)
+	explicit := path != ""
 	if !explicit {
 		path = DefaultPath
 	}
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
-		if err := decodeStrict(data, &merged); err != nil {
+		if err := decodeStrict(data, &c); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", path, err)
 		}
 	case explicit || !errors.Is(err, os.ErrNotExist):
 		return Config{}, fmt.Errorf("config file: %w", err)
 	}
-
-	// Overlay only the flags actually given, so a flag's zero value never
-	// erases a setting from the file.
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "name":
-			merged.Name = flags.Name
-		case "data-dir":
-			merged.DataDir = flags.DataDir
-		case "peer-url":
-			merged.PeerURL = flags.PeerURL
-		case "client-url":
-			merged.ClientURL = flags.ClientURL
-		case "api-url":
-			merged.APIURL = flags.APIURL
-		case "metrics-url":
-			merged.MetricsURL = flags.MetricsURL
-		case "advertise-ip":
-			merged.AdvertiseIP = flags.AdvertiseIP
-		case "join":
-			merged.Join = splitList(*join)
-		case "token":
-			merged.Token, merged.TokenFile = flags.Token, ""
-		case "token-file":
-			merged.TokenFile, merged.Token = flags.TokenFile, ""
-		case "voters":
-			merged.Voters = flags.Voters
-		case "dead-after":
-			merged.DeadAfter = flags.DeadAfter
-		case "node-ttl":
-			merged.NodeTTL = flags.NodeTTL
-		case "heartbeat-interval":
-			merged.HeartbeatInterval = flags.HeartbeatInterval
-		case "election-timeout":
-			merged.ElectionTimeout = flags.ElectionTimeout
-		case "log-level":
-			merged.LogLevel = flags.LogLevel
-		case "etcd-log-level":
-			merged.EtcdLogLevel = flags.EtcdLogLevel
-		case "etcd-quota":
-			merged.EtcdQuota = flags.EtcdQuota
-		case "compaction-retention":
-			merged.CompactionRetention = flags.CompactionRetention
-		case "defrag-interval":
-			merged.DefragInterval = flags.DefragInterval
-		case "node-refresh":
-			merged.NodeRefresh = flags.NodeRefresh
-		case "labels":
-			merged.Labels = map[string]string{}
-			for _, kv := range splitList(*labels) {
-				k, v, _ := strings.Cut(kv, "=")
-				merged.Labels[k] = v
-			}
-		case "containers":
-			merged.Containers = containers
-		case "state-dir":
-			merged.StateDir = flags.StateDir
-		case "reschedule-grace":
-			merged.RescheduleGrace = flags.RescheduleGrace
-		case "bridge":
-			merged.Bridge = flags.Bridge
-		case "bridge-subnet":
-			merged.BridgeSubnet = flags.BridgeSubnet
-		case "bridge-subnet6":
-			merged.BridgeSubnet6 = flags.BridgeSubnet6
-		case "port-bind-ip":
-			merged.PortBindIP = flags.PortBindIP
-		case "cgroup-parent":
-			merged.CgroupParent = flags.CgroupParent
-		case "netns-dir":
-			merged.NetNSDir = flags.NetNSDir
+	// Apply only the flags actually given, so a flag's default never
+	// erases a setting from the file: the same flags bound to c take the
+	// given values again (in name order: token-file after token wins).
+	onFile := pflag.NewFlagSet("file", pflag.ContinueOnError)
+	c.BindFlags(onFile)
+	var flagErr error
+	fs.Visit(func(f *pflag.Flag) {
+		if f.Name != ConfigFlag && flagErr == nil {
+			flagErr = onFile.Set(f.Name, f.Value.String())
 		}
 	})
-	return merged.validate()
+	if flagErr != nil {
+		return Config{}, fmt.Errorf("flags: %w", flagErr)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
 }
 
-func decodeStrict(data []byte, into *file) error {
+// Parse reads flags (args without the program name) and the YAML file, as
+// berth-agent does (see Load).
+func Parse(args []string) (Config, error) {
+	fs := pflag.NewFlagSet("berth-agent", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, fmt.Errorf("flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return Load(fs)
+}
+
+func decodeStrict(data []byte, into *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(into); err != nil {
@@ -321,130 +258,124 @@ func splitList(s string) []string {
 	return out
 }
 
-func (f file) validate() (Config, error) {
-	c := Config{
-		Name: f.Name, DataDir: f.DataDir, Join: f.Join, Voters: f.Voters,
-		LogLevel: f.LogLevel, EtcdLogLevel: f.EtcdLogLevel, MetricsURL: f.MetricsURL,
-	}
+// Validate fills the defaults of unset settings, checks every setting and
+// derives the rest (URLs from the advertise IP, the name from the host
+// name, the token from token_file, the bridge prefixes). Each error is one
+// line naming the setting.
+func (c *Config) Validate() error {
+	c.setDefaults()
 	if c.Name == "" {
 		host, err := os.Hostname()
 		if err != nil {
-			return Config{}, fmt.Errorf("name: not set and host name unknown: %w", err)
+			return fmt.Errorf("name: not set and host name unknown: %w", err)
 		}
 		c.Name = strings.ToLower(host)
 	}
 	if err := state.CheckName(c.Name); err != nil {
-		return Config{}, fmt.Errorf("name: %w", err)
-	}
-	if c.DataDir == "" {
-		return Config{}, errors.New("data-dir: must not be empty")
+		return fmt.Errorf("name: %w", err)
 	}
 
-	needIP := f.PeerURL == "" || f.ClientURL == "" || f.APIURL == ""
-	ip := f.AdvertiseIP
+	needIP := c.PeerURL == "" || c.ClientURL == "" || c.APIURL == ""
+	ip := c.AdvertiseIP
 	if ip != "" && net.ParseIP(ip) == nil {
-		return Config{}, fmt.Errorf("advertise-ip: %q is not an IP address", ip)
+		return fmt.Errorf("advertise-ip: %q is not an IP address", ip)
 	}
 	if needIP && ip == "" {
 		detected, err := firstGlobalIP()
 		if err != nil {
-			return Config{}, fmt.Errorf("peer-url/client-url/api-url: not set and %w; set them or --advertise-ip", err)
+			return fmt.Errorf("peer-url/client-url/api-url: not set and %w; set them or --advertise-ip", err)
 		}
 		ip = detected
 	}
 	var err error
-	if c.PeerURL, err = checkURL("peer-url", f.PeerURL, "https", ip, 2380); err != nil {
-		return Config{}, err
+	if c.PeerURL, err = checkURL("peer-url", c.PeerURL, "https", ip, 2380); err != nil {
+		return err
 	}
-	if c.ClientURL, err = checkURL("client-url", f.ClientURL, "https", ip, 2379); err != nil {
-		return Config{}, err
+	if c.ClientURL, err = checkURL("client-url", c.ClientURL, "https", ip, 2379); err != nil {
+		return err
 	}
-	if c.APIURL, err = checkURL("api-url", f.APIURL, "https", ip, 7480); err != nil {
-		return Config{}, err
+	if c.APIURL, err = checkURL("api-url", c.APIURL, "https", ip, 7480); err != nil {
+		return err
 	}
-	if c.MetricsURL, err = checkURL("metrics-url", f.MetricsURL, "http", "", 0); err != nil {
-		return Config{}, err
+	if c.MetricsURL, err = checkURL("metrics-url", c.MetricsURL, "http", "", 0); err != nil {
+		return err
 	}
 	for i, j := range c.Join {
 		if c.Join[i], err = checkURL("join", j, "https", "", 7480); err != nil {
-			return Config{}, err
+			return err
 		}
 	}
 
 	switch c.Voters {
 	case 1, 3, 5:
 	default:
-		return Config{}, fmt.Errorf("voters: must be 1, 3 or 5 (got %d)", c.Voters)
+		return fmt.Errorf("voters: must be 1, 3 or 5 (got %d)", c.Voters)
 	}
 	durations := []struct {
 		name string
-		text string
-		into *time.Duration
+		d    *Duration
 		min  time.Duration
 	}{
-		{"dead-after", f.DeadAfter, &c.DeadAfter, time.Second},
-		{"node-ttl", f.NodeTTL, &c.NodeTTL, time.Second},
-		{"heartbeat-interval", f.HeartbeatInterval, &c.HeartbeatInterval, 10 * time.Millisecond},
-		{"election-timeout", f.ElectionTimeout, &c.ElectionTimeout, 50 * time.Millisecond},
+		{"dead-after", &c.DeadAfter, time.Second},
+		{"node-ttl", &c.NodeTTL, time.Second},
+		{"heartbeat-interval", &c.HeartbeatInterval, 10 * time.Millisecond},
+		{"election-timeout", &c.ElectionTimeout, 50 * time.Millisecond},
 	}
 	for _, d := range durations {
-		v, err := time.ParseDuration(d.text)
-		if err != nil {
-			return Config{}, fmt.Errorf("%s: %q is not a duration like 30s", d.name, d.text)
+		if err := d.d.parse(d.name, "30s"); err != nil {
+			return err
 		}
-		if v < d.min {
-			return Config{}, fmt.Errorf("%s: %s is shorter than %s", d.name, v, d.min)
+		if d.d.Duration < d.min {
+			return fmt.Errorf("%s: %s is shorter than %s", d.name, d.d.Duration, d.min)
 		}
-		*d.into = v
 	}
-	if c.NodeTTL%time.Second != 0 {
-		return Config{}, fmt.Errorf("node-ttl: %s is not whole seconds (etcd leases count seconds)", c.NodeTTL)
+	if c.NodeTTL.Duration%time.Second != 0 {
+		return fmt.Errorf("node-ttl: %s is not whole seconds (etcd leases count seconds)", c.NodeTTL.Duration)
 	}
-	if c.ElectionTimeout < 5*c.HeartbeatInterval {
-		return Config{}, fmt.Errorf("election-timeout: %s must be at least 5 x heartbeat-interval (%s)", c.ElectionTimeout, c.HeartbeatInterval)
+	if c.ElectionTimeout.Duration < 5*c.HeartbeatInterval.Duration {
+		return fmt.Errorf("election-timeout: %s must be at least 5 x heartbeat-interval (%s)", c.ElectionTimeout.Duration, c.HeartbeatInterval.Duration)
 	}
-	if c.DeadAfter <= c.NodeTTL {
-		return Config{}, fmt.Errorf("dead-after: %s must be longer than node-ttl %s", c.DeadAfter, c.NodeTTL)
+	if c.DeadAfter.Duration <= c.NodeTTL.Duration {
+		return fmt.Errorf("dead-after: %s must be longer than node-ttl %s", c.DeadAfter.Duration, c.NodeTTL.Duration)
 	}
 	for _, lvl := range []struct{ name, v string }{{"log-level", c.LogLevel}, {"etcd-log-level", c.EtcdLogLevel}} {
 		switch lvl.v {
 		case "debug", "info", "warn", "error":
 		default:
-			return Config{}, fmt.Errorf("%s: %q must be debug, info, warn or error", lvl.name, lvl.v)
+			return fmt.Errorf("%s: %q must be debug, info, warn or error", lvl.name, lvl.v)
 		}
 	}
 
-	if err := f.validateSpace(&c); err != nil {
-		return Config{}, err
+	if err := c.validateSpace(); err != nil {
+		return err
 	}
-	if err := f.validateWorkloads(&c); err != nil {
-		return Config{}, err
+	if err := c.validateWorkloads(); err != nil {
+		return err
 	}
 
-	if f.Token != "" && f.TokenFile != "" {
-		return Config{}, errors.New("token: set token or token-file, not both")
+	if c.Token != "" && c.TokenFile != "" {
+		return errors.New("token: set token or token-file, not both")
 	}
-	c.Token = f.Token
-	if f.TokenFile != "" {
-		data, err := os.ReadFile(f.TokenFile)
+	if c.TokenFile != "" {
+		data, err := os.ReadFile(c.TokenFile)
 		if err != nil {
-			return Config{}, fmt.Errorf("token-file: %w", err)
+			return fmt.Errorf("token-file: %w", err)
 		}
-		c.Token = strings.TrimSpace(string(data))
+		c.Token, c.TokenFile = strings.TrimSpace(string(data)), ""
 	}
 	if c.Token != "" {
 		tok, err := pki.ParseToken(c.Token)
 		if err != nil {
-			return Config{}, fmt.Errorf("token: %w", err)
+			return fmt.Errorf("token: %w", err)
 		}
 		if len(c.Join) == 0 && !tok.Bare() {
-			return Config{}, errors.New("token: a bootstrapping node (no join) takes a bare 32-hex secret to adopt, not SECRET.sha256:HEX")
+			return errors.New("token: a bootstrapping node (no join) takes a bare 32-hex secret to adopt, not SECRET.sha256:HEX")
 		}
 	}
 	if len(c.Join) > 0 && c.Token == "" {
-		return Config{}, errors.New("join: needs --token or --token-file")
+		return errors.New("join: needs --token or --token-file")
 	}
-	return c, nil
+	return nil
 }
 
 // checkURL fills a missing URL from ip and port (when ip is given) and
@@ -497,85 +428,80 @@ const (
 
 // validateSpace checks the etcd quota, compaction, defragmentation and
 // node document refresh settings.
-func (f file) validateSpace(c *Config) error {
-	q, err := humanize.ParseBytes(f.EtcdQuota)
-	if err != nil {
-		return fmt.Errorf("etcd-quota: %q is not a size like 2GiB or 512MiB", f.EtcdQuota)
+func (c *Config) validateSpace() error {
+	if c.EtcdQuota.text != "" {
+		q, err := humanize.ParseBytes(c.EtcdQuota.text)
+		if err != nil {
+			return fmt.Errorf("etcd-quota: %q is not a size like 2GiB or 512MiB", c.EtcdQuota.text)
+		}
+		c.EtcdQuota = Size{Bytes: int64(q)}
 	}
-	if q < minQuota || q > maxQuota {
-		return fmt.Errorf("etcd-quota: %s must be between 1MiB and 8GiB", humanize.IBytes(q))
+	if q := c.EtcdQuota.Bytes; q < minQuota || q > maxQuota {
+		return fmt.Errorf("etcd-quota: %s must be between 1MiB and 8GiB", humanize.IBytes(uint64(max(q, 0))))
 	}
-	c.EtcdQuotaBytes = int64(q)
 	durations := []struct {
-		name, text string
-		into       *time.Duration
-		min, max   time.Duration
+		name     string
+		d        *Duration
+		min, max time.Duration
 	}{
 		// Retention is how long a watcher may lag or be disconnected and
 		// still resume without listing again; 0 (off) is not offered.
-		{"compaction-retention", f.CompactionRetention, &c.CompactionRetention, time.Second, 24 * time.Hour},
-		{"defrag-interval", f.DefragInterval, &c.DefragInterval, time.Second, 7 * 24 * time.Hour},
-		{"node-refresh", f.NodeRefresh, &c.NodeRefresh, time.Second, 24 * time.Hour},
+		{"compaction-retention", &c.CompactionRetention, time.Second, 24 * time.Hour},
+		{"defrag-interval", &c.DefragInterval, time.Second, 7 * 24 * time.Hour},
+		{"node-refresh", &c.NodeRefresh, time.Second, 24 * time.Hour},
 	}
 	for _, d := range durations {
-		v, err := time.ParseDuration(d.text)
-		if err != nil {
-			return fmt.Errorf("%s: %q is not a duration like 5m", d.name, d.text)
+		if err := d.d.parse(d.name, "5m"); err != nil {
+			return err
 		}
-		if v < d.min || v > d.max {
+		if v := d.d.Duration; v < d.min || v > d.max {
 			return fmt.Errorf("%s: %s must be between %s and %s", d.name, v, d.min, d.max)
 		}
-		*d.into = v
 	}
 	return nil
 }
 
 // validateWorkloads checks the container settings.
-func (f file) validateWorkloads(c *Config) error {
-	c.Containers = f.Containers == nil || *f.Containers
-	c.Labels = map[string]string{}
-	for k, v := range f.Labels {
+func (c *Config) validateWorkloads() error {
+	labels := map[string]string{}
+	for k, v := range c.Labels {
 		if err := checkLabel(k, v); err != nil {
 			return fmt.Errorf("labels: %w", err)
 		}
-		c.Labels[k] = v
+		labels[k] = v
 	}
-	if f.StateDir == "" || !filepath.IsAbs(f.StateDir) {
-		return fmt.Errorf("state-dir: %q must be an absolute path", f.StateDir)
+	c.Labels = labels
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state-dir: %q must be an absolute path", c.StateDir)
 	}
-	c.StateDir = f.StateDir
-	grace, err := time.ParseDuration(f.RescheduleGrace)
-	if err != nil {
-		return fmt.Errorf("reschedule-grace: %q is not a duration like 10s", f.RescheduleGrace)
+	if err := c.RescheduleGrace.parse("reschedule-grace", "10s"); err != nil {
+		return err
 	}
-	if grace < time.Second {
+	if grace := c.RescheduleGrace.Duration; grace < time.Second {
 		return fmt.Errorf("reschedule-grace: %s is shorter than 1s (it must outlast an etcd election)", grace)
 	}
-	c.RescheduleGrace = grace
-	if f.Bridge == "" || len(f.Bridge) > 15 {
-		return fmt.Errorf("bridge: %q must be an interface name of 1 to 15 characters", f.Bridge)
+	if len(c.Bridge) > 15 {
+		return fmt.Errorf("bridge: %q must be an interface name of 1 to 15 characters", c.Bridge)
 	}
-	c.Bridge = f.Bridge
-	if c.BridgeSubnet4, err = netip.ParsePrefix(f.BridgeSubnet); err != nil || !c.BridgeSubnet4.Addr().Is4() {
-		return fmt.Errorf("bridge-subnet: %q is not an IPv4 prefix like 10.88.0.0/24", f.BridgeSubnet)
+	var err error
+	if c.BridgePrefix4, err = netip.ParsePrefix(c.BridgeSubnet); err != nil || !c.BridgePrefix4.Addr().Is4() {
+		return fmt.Errorf("bridge-subnet: %q is not an IPv4 prefix like 10.88.0.0/24", c.BridgeSubnet)
 	}
-	if f.BridgeSubnet6 != "none" {
-		if c.BridgeSubnet6, err = netip.ParsePrefix(f.BridgeSubnet6); err != nil || !c.BridgeSubnet6.Addr().Is6() {
-			return fmt.Errorf("bridge-subnet6: %q is not an IPv6 prefix like fd42:6265:7274::/64 (or none)", f.BridgeSubnet6)
+	c.BridgePrefix6 = netip.Prefix{}
+	if c.BridgeSubnet6 != "none" {
+		if c.BridgePrefix6, err = netip.ParsePrefix(c.BridgeSubnet6); err != nil || !c.BridgePrefix6.Addr().Is6() {
+			return fmt.Errorf("bridge-subnet6: %q is not an IPv6 prefix like fd42:6265:7274::/64 (or none)", c.BridgeSubnet6)
 		}
 	}
-	if net.ParseIP(f.PortBindIP) == nil {
-		return fmt.Errorf("port-bind-ip: %q is not an IP address", f.PortBindIP)
+	if net.ParseIP(c.PortBindIP) == nil {
+		return fmt.Errorf("port-bind-ip: %q is not an IP address", c.PortBindIP)
 	}
-	c.PortBindIP = f.PortBindIP
-	if f.CgroupParent == "" || strings.HasPrefix(f.CgroupParent, "/") || strings.Contains(f.CgroupParent, "..") {
-		return fmt.Errorf("cgroup-parent: %q must be a relative cgroup path like berth", f.CgroupParent)
+	if strings.HasPrefix(c.CgroupParent, "/") || strings.Contains(c.CgroupParent, "..") {
+		return fmt.Errorf("cgroup-parent: %q must be a relative cgroup path like berth", c.CgroupParent)
 	}
-	c.CgroupParent = f.CgroupParent
-	if !filepath.IsAbs(f.NetNSDir) {
-		return fmt.Errorf("netns-dir: %q must be an absolute path", f.NetNSDir)
+	if !filepath.IsAbs(c.NetNSDir) {
+		return fmt.Errorf("netns-dir: %q must be an absolute path", c.NetNSDir)
 	}
-	c.NetNSDir = f.NetNSDir
 	return nil
 }
 

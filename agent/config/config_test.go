@@ -31,7 +31,7 @@ token: "0123456789abcdef0123456789abcdef.sha256:`+strings.Repeat("ab", 32)+`"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "node-1" || c.Voters != 1 || c.DeadAfter != 45*time.Second {
+	if c.Name != "node-1" || c.Voters != 1 || c.DeadAfter.Duration != 45*time.Second {
 		t.Fatalf("merge: %+v", c)
 	}
 	if c.PeerURL != "https://10.0.0.5:2380" || c.ClientURL != "https://10.0.0.9:3379" || c.APIURL != "https://10.0.0.5:7480" {
@@ -90,15 +90,67 @@ func TestSpaceSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EtcdQuotaBytes != 2<<30 || c.CompactionRetention != 5*time.Minute || c.DefragInterval != time.Hour || c.NodeRefresh != 5*time.Minute {
-		t.Fatalf("defaults: quota %d retention %s defrag %s refresh %s", c.EtcdQuotaBytes, c.CompactionRetention, c.DefragInterval, c.NodeRefresh)
+	if c.EtcdQuota.Bytes != 2<<30 || c.CompactionRetention.Duration != 5*time.Minute || c.DefragInterval.Duration != time.Hour || c.NodeRefresh.Duration != 5*time.Minute {
+		t.Fatalf("defaults: quota %d retention %s defrag %s refresh %s", c.EtcdQuota.Bytes, c.CompactionRetention.Duration, c.DefragInterval.Duration, c.NodeRefresh.Duration)
 	}
 	p := writeFile(t, "etcd_quota: 512MiB\ncompaction_retention: 10m\ndefrag_interval: 30m\nnode_refresh: 1m\n")
 	c, err = Parse([]string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--config", p, "--etcd-quota", "16MB"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EtcdQuotaBytes != 16e6 || c.CompactionRetention != 10*time.Minute || c.DefragInterval != 30*time.Minute || c.NodeRefresh != time.Minute {
-		t.Fatalf("file+flags: quota %d retention %s defrag %s refresh %s", c.EtcdQuotaBytes, c.CompactionRetention, c.DefragInterval, c.NodeRefresh)
+	if c.EtcdQuota.Bytes != 16e6 || c.CompactionRetention.Duration != 10*time.Minute || c.DefragInterval.Duration != 30*time.Minute || c.NodeRefresh.Duration != time.Minute {
+		t.Fatalf("file+flags: quota %d retention %s defrag %s refresh %s", c.EtcdQuota.Bytes, c.CompactionRetention.Duration, c.DefragInterval.Duration, c.NodeRefresh.Duration)
+	}
+}
+
+func TestFlagsOverFileAndDefaults(t *testing.T) {
+	p := writeFile(t, `
+name: node-1
+advertise_ip: 10.0.0.5
+dead_after: 45s
+labels: {zone: a, rack: r1}
+containers: false
+token_file: /nonexistent/token
+bridge: br-file
+`)
+	c, err := Parse([]string{"--config", p, "--dead-after", "1m", "--labels", "zone=b", "--token", "0123456789abcdef0123456789abcdef", "--bridge-subnet6", "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DeadAfter.Duration != time.Minute || len(c.Labels) != 1 || c.Labels["zone"] != "b" || c.Bridge != "br-file" {
+		t.Fatalf("flags over file: dead-after %s labels %v bridge %q", c.DeadAfter.Duration, c.Labels, c.Bridge)
+	}
+	if c.Token != "0123456789abcdef0123456789abcdef" || c.TokenFile != "" || c.RunContainers() || c.BridgePrefix6.IsValid() {
+		t.Fatalf("token %q file %q containers %v v6 %s", c.Token, c.TokenFile, c.RunContainers(), c.BridgePrefix6)
+	}
+	// A flag not given never erases the file's setting, even at its default.
+	c, err = Parse([]string{"--config", p, "--token", "0123456789abcdef0123456789abcdef", "--containers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DeadAfter.Duration != 45*time.Second || c.Labels["rack"] != "r1" || !c.RunContainers() {
+		t.Fatalf("file kept: dead-after %s labels %v containers %v", c.DeadAfter.Duration, c.Labels, c.RunContainers())
+	}
+
+	// Validate fills the defaults of a zero Config.
+	d := Config{Name: "n1", AdvertiseIP: "10.0.0.5"}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if d.DataDir != "/var/lib/berth/agent" || d.Voters != 3 || d.DeadAfter.Duration != 30*time.Second || d.ElectionTimeout.Duration != time.Second ||
+		d.EtcdQuota.Bytes != 2<<30 || d.RescheduleGrace.Duration != 10*time.Second || !d.RunContainers() || d.Bridge != "berth0" ||
+		d.BridgePrefix4.String() != "10.88.0.0/24" || d.BridgePrefix6.String() != "fd42:6265:7274::/64" || d.PeerURL != "https://10.0.0.5:2380" ||
+		d.MetricsURL != "http://127.0.0.1:7481" || d.StateDir != "/var/lib/berth" || d.NetNSDir != "/run/berth/netns" {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+func TestNoDefaultFile(t *testing.T) {
+	if _, err := os.Stat(DefaultPath); err == nil {
+		t.Skip(DefaultPath + " exists here")
+	}
+	c, err := Parse([]string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--voters", "1"})
+	if err != nil || c.Voters != 1 {
+		t.Fatalf("no %s: %v %+v", DefaultPath, err, c)
 	}
 }

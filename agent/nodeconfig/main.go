@@ -36,20 +36,22 @@ Flags:
 // writable), 2 bad usage.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("node-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	root := fs.String("root", "/", "apply under this root `directory` (tests, image preparation)")
 	esp := fs.String("esp", "", "the mounted ESP `directory` (default ROOT"+DefaultESP+")")
 	seedDev := fs.String("seed-dev", "auto", "seed `device`: auto (by label), none, or a block device")
 	seedLabel := fs.String("seed-label", DefaultSeedLabel, "filesystem `label` of the seed disk")
 	seedWait := fs.Duration("seed-wait", 3*time.Second, "how long to wait for udev to show the seed disk")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			// Help on stdout, as every berth command does.
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
 			return 0
 		}
+		fmt.Fprintf(stderr, "%s: %v (see berth-agent node-config --help)\n", prog, err)
 		return 2
 	}
 	if fs.NArg() > 0 {

@@ -2,7 +2,7 @@
 // cluster's embedded etcd (or uses it as a client), publishes the node's
 // state, and serves health and metrics.
 //
-//	berth-agent [--config FILE] [flags]                 run the agent
+//	berth-agent [--config FILE] [flags]                 run the agent (--help lists the flags)
 //	berth-agent issue-ops-cert --data-dir D --out DIR   write ops.crt, ops.key, ca.crt
 //	berth-agent issue-cert --admin|--ops|--tenant NAME --data-dir D --out DIR
 //	berth-agent node-config [--root DIR]                apply node.yaml (seed disk or ESP) at boot
@@ -24,48 +24,67 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
 
 	"github.com/berth-os/berth/agent/cluster"
 	"github.com/berth-os/berth/agent/config"
 	"github.com/berth-os/berth/agent/nodeconfig"
 	"github.com/berth-os/berth/agent/rollout"
+	"github.com/berth-os/berth/internal/cli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "node-config" {
-		// Early at boot: apply node.yaml (seed disk or ESP); see agent/nodeconfig.
-		os.Exit(nodeconfig.Main(os.Args[2:], os.Stdout, os.Stderr))
-	}
-	if len(os.Args) > 1 && (os.Args[1] == "issue-ops-cert" || os.Args[1] == "issue-cert") {
-		issue := issueOpsCert
-		if os.Args[1] == "issue-cert" {
-			issue = func(args []string) error { return issueCert(args, "issue-cert") }
+	os.Exit(cli.Run(newRoot(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// newRoot is berth-agent's command tree: the root command runs the agent.
+func newRoot() *cobra.Command {
+	root := cli.NewRoot("berth-agent", "Run this node's berth agent",
+		`Runs this node's member of the cluster's embedded etcd (or a client node
+beyond the voter target), publishes the node document under /berth/v1/nodes/
+and serves /healthz, /readyz and /metrics on the metrics URL.
+With an empty data dir and no --join it bootstraps a new cluster and prints
+the join token; with --join and --token it joins an existing one.
+Settings come from the YAML file (`+config.DefaultPath+` when present) and
+flags override it.
+
+Exit status: 0 stopped cleanly, 1 failed, 2 bad configuration.`, version)
+	root.Use = "berth-agent [--config FILE] [flags]"
+	root.Args = cobra.NoArgs
+	config.AddFlags(root.Flags())
+	root.RunE = func(c *cobra.Command, _ []string) error {
+		cfg, err := config.Load(c.Flags())
+		if err != nil {
+			return &cli.ExitError{Code: cli.ExitUsage, Err: err}
 		}
-		if err := issue(os.Args[2:]); err != nil {
-			fmt.Fprintf(os.Stderr, "berth-agent %s: %v\n", os.Args[1], err)
-			os.Exit(exitCode(err))
+		log, underJournal := newLogger(cfg.LogLevel)
+		slog.SetDefault(log)
+		if err := run(cfg, log, underJournal); err != nil {
+			log.Error("berth-agent failed", "err", err)
+			return err
 		}
-		return
+		return nil
 	}
-	cfg, err := config.Parse(os.Args[1:])
-	var help *config.HelpError
-	if errors.As(err, &help) {
-		help.Print(os.Stdout)
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
-		os.Exit(2)
-	}
-	log, underJournal := newLogger(cfg.LogLevel)
-	slog.SetDefault(log)
-	if err := run(cfg, log, underJournal); err != nil {
-		log.Error("berth-agent failed", "err", err)
-		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
-		os.Exit(1)
+	root.AddCommand(issueCertCmd(), issueOpsCertCmd(), nodeConfigCmd())
+	return root
+}
+
+// nodeConfigCmd is `node-config`, early at boot: apply node.yaml (seed
+// disk or ESP); see agent/nodeconfig, which parses its own flags.
+func nodeConfigCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "node-config [--root DIR] [--esp DIR] [--seed-dev auto|none|DEVICE] [--seed-label LABEL] [--seed-wait 3s]",
+		Short:              "Apply node.yaml (seed disk or ESP) at boot",
+		DisableFlagParsing: true,
+		RunE: func(c *cobra.Command, args []string) error {
+			if code := nodeconfig.Main(args, c.OutOrStdout(), c.ErrOrStderr()); code != 0 {
+				return &cli.ExitError{Code: code}
+			}
+			return nil
+		},
 	}
 }
 
@@ -78,12 +97,12 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 		Name: cfg.Name, DataDir: cfg.DataDir,
 		PeerURL: cfg.PeerURL, ClientURL: cfg.ClientURL, APIURL: cfg.APIURL,
 		Join: cfg.Join, Token: cfg.Token, Voters: cfg.Voters,
-		DeadAfter: cfg.DeadAfter, NodeTTL: cfg.NodeTTL,
-		HeartbeatInterval: cfg.HeartbeatInterval, ElectionTimeout: cfg.ElectionTimeout,
+		DeadAfter: cfg.DeadAfter.Duration, NodeTTL: cfg.NodeTTL.Duration,
+		HeartbeatInterval: cfg.HeartbeatInterval.Duration, ElectionTimeout: cfg.ElectionTimeout.Duration,
 		EtcdLogLevel: cfg.EtcdLogLevel, EtcdLogOutput: etcdLog,
 		AgentVersion: version, Log: log, Labels: cfg.Labels,
-		QuotaBytes: cfg.EtcdQuotaBytes, CompactionRetention: cfg.CompactionRetention,
-		DefragInterval: cfg.DefragInterval, NodeRefresh: cfg.NodeRefresh,
+		QuotaBytes: cfg.EtcdQuota.Bytes, CompactionRetention: cfg.CompactionRetention.Duration,
+		DefragInterval: cfg.DefragInterval.Duration, NodeRefresh: cfg.NodeRefresh.Duration,
 		// A voter rebooting for a rollout is neither defragmented nor
 		// removed by self-healing.
 		RebootSlotHolders: rollout.SlotHolders,

@@ -55,7 +55,7 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		ensureTenantRoles(ctx, cli, log.With("component", "tenants"))
 		return nil
 	})
-	if !cfg.Containers {
+	if !cfg.RunContainers() {
 		opts.API = api
 		return nil
 	}
@@ -75,8 +75,8 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		return err
 	}
 	netCfg := netsetup.Config{
-		Bridge: cfg.Bridge, Subnet4: cfg.BridgeSubnet4, Subnet6: cfg.BridgeSubnet6,
-		DisableIPv6: !cfg.BridgeSubnet6.IsValid(),
+		Bridge: cfg.Bridge, Subnet4: cfg.BridgePrefix4, Subnet6: cfg.BridgePrefix6,
+		DisableIPv6: !cfg.BridgePrefix6.IsValid(),
 		StateDir:    filepath.Join(cfg.StateDir, "net"),
 		NetNSDir:    cfg.NetNSDir,
 	}
@@ -94,7 +94,7 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 		return err
 	}
 	opts.Services = append(opts.Services, mgr.Run, func(ctx context.Context, cli *clientv3.Client) error {
-		s := sched.New(cli, sched.Options{Name: cfg.Name, Grace: cfg.RescheduleGrace, Log: log.With("component", "scheduler")})
+		s := sched.New(cli, sched.Options{Name: cfg.Name, Grace: cfg.RescheduleGrace.Duration, Log: log.With("component", "scheduler")})
 		return s.Run(ctx)
 	})
 	opts.Containers = func() (int, int) {
