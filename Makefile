@@ -146,7 +146,7 @@ clean:
 
 # Man pages of the programs into man/ (gitignored): each program's hidden
 # `gen-man DIR` command (cli.GenManCommand). Add a program's package here.
-MAN_PROGRAMS = ./builder/cmd/berth-build ./updater/cmd/berth-update
+MAN_PROGRAMS = ./builder/cmd/berth-build ./updater/cmd/berth-update ./agent/cmd/berth-agent ./agent/cmd/berthctl
 .PHONY: man
 man:
 	@mkdir -p man

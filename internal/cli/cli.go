@@ -73,6 +73,8 @@ func NewRoot(name, short, long, version string) *cobra.Command {
 		},
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	// Every program can write its man pages (make man), hidden from help.
+	root.AddCommand(GenManCommand(root))
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",

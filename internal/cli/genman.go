@@ -6,10 +6,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// GenManCommand is the hidden `gen-man DIR` command a program adds to its
-// root so that `make man` can write its man pages (GenMan) into DIR:
-//
-//	root.AddCommand(cli.GenManCommand(root))
+// GenManCommand is the hidden `gen-man DIR` command NewRoot adds to every
+// program, so that `make man` can write its man pages (GenMan) into DIR.
 func GenManCommand(root *cobra.Command) *cobra.Command {
 	return &cobra.Command{
 		Use:    "gen-man DIR",

@@ -17,8 +17,7 @@ update payloads, boots images under qemu (one VM or a cluster), packs
 Vagrant boxes, writes seed disks and installs images on bare metal.
 
 Exit status: 0 success, 1 the build failed, 2 bad usage or bad spec.`, version)
-	root.AddCommand(buildCmd(), keygenCmd(), checkCmd(), runCmd(), boxCmd(), installCmd(), seedCmd(), clusterCmd(),
-		cli.GenManCommand(root))
+	root.AddCommand(buildCmd(), keygenCmd(), checkCmd(), runCmd(), boxCmd(), installCmd(), seedCmd(), clusterCmd())
 	return root
 }
 

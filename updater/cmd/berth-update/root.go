@@ -20,7 +20,7 @@ func newRoot() *cobra.Command {
 node, reports the slots' state, rolls back, and runs the boot health gate.
 
 Exit status: 0 success, 1 failure (one line on stderr says why), 2 bad usage.`, version)
-	root.AddCommand(applyCmd(), statusCmd(), rollbackCmd(), healthCmd(), cli.GenManCommand(root))
+	root.AddCommand(applyCmd(), statusCmd(), rollbackCmd(), healthCmd())
 	return root
 }
 
