@@ -239,7 +239,17 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	slotImg := filepath.Join(work, "slot.squashfs")
 	if err := slotfs.Build(ctx, root, slotImg, slotfs.Options{
 		Compression: s.Slot.Compression, Level: s.Slot.Level, Epoch: s.Epoch, Progress: prog.Percent,
+		MaxBytes: s.Partitions.Slot,
 	}); err != nil {
+		var tl *slotfs.TooLargeError
+		if errors.As(err, &tl) {
+			need := "more than " + strconv.FormatInt(tl.Max>>20, 10)
+			if tl.Needed > 0 {
+				need = "about " + strconv.FormatInt((tl.Needed+(1<<20)-1)>>20, 10)
+			}
+			return nil, fmt.Errorf("%s: partitions.slot: slot needs %s MiB (the build stopped once the slot was full), spec gives %d MiB; raise partitions.slot or trim the image",
+				s.Path, need, s.Partitions.Slot>>20)
+		}
 		return nil, err
 	}
 	fi, err := os.Stat(slotImg)

@@ -15,6 +15,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // Options choose the compressor and the timestamps.
@@ -24,6 +26,25 @@ type Options struct {
 	Epoch       int64  // every inode and the superblock get this time
 	// Progress, when set, receives the percentage done (0..100).
 	Progress func(percent int)
+	// MaxBytes, when set, stops mksquashfs as soon as the image grows past
+	// it (the slot partition's size): a tree that does not fit fails in
+	// seconds instead of after the whole compression.
+	MaxBytes int64
+}
+
+// TooLargeError says the image outgrew Options.MaxBytes; Needed estimates
+// the whole image from how far mksquashfs had come (0: unknown).
+type TooLargeError struct {
+	Max, Written, Needed int64
+	Percent              int
+}
+
+func (e *TooLargeError) Error() string {
+	if e.Needed > 0 {
+		return fmt.Sprintf("slot filesystem needs about %d MiB (%d MiB written at %d%% of the tree), more than %d MiB",
+			(e.Needed+(1<<20)-1)>>20, e.Written>>20, e.Percent, e.Max>>20)
+	}
+	return fmt.Sprintf("slot filesystem needs more than %d MiB", e.Max>>20)
 }
 
 // Args returns mksquashfs' arguments for building out from root. Exported
@@ -70,6 +91,34 @@ func Build(ctx context.Context, root, out string, o Options) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start mksquashfs: %w", err)
 	}
+	var lastPercent atomic.Int64
+	tooLarge := make(chan *TooLargeError, 1)
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	if o.MaxBytes > 0 {
+		go func() {
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stopWatch:
+					return
+				case <-tick.C:
+				}
+				fi, err := os.Stat(out)
+				if err != nil || fi.Size() <= o.MaxBytes {
+					continue
+				}
+				e := &TooLargeError{Max: o.MaxBytes, Written: fi.Size(), Percent: int(lastPercent.Load())}
+				if e.Percent > 0 {
+					e.Needed = e.Written * 100 / int64(e.Percent)
+				}
+				tooLarge <- e
+				cmd.Process.Kill()
+				return
+			}
+		}()
+	}
 	if pr != nil {
 		sc := bufio.NewScanner(pr)
 		sc.Split(scanCRLF)
@@ -79,6 +128,7 @@ func Build(ctx context.Context, root, out string, o Options) error {
 				// The redrawn bar can be cut mid-line: only move forward.
 				if p, _ := strconv.Atoi(m[1]); p > last && p <= 100 {
 					last = p
+					lastPercent.Store(int64(p))
 					o.Progress(p)
 				}
 			}
@@ -87,9 +137,21 @@ func Build(ctx context.Context, root, out string, o Options) error {
 		// must not block on a full pipe while Wait waits for it.
 		io.Copy(io.Discard, pr)
 	}
-	if err := cmd.Wait(); err != nil {
+	err := cmd.Wait()
+	select {
+	case e := <-tooLarge:
+		os.Remove(out)
+		return e
+	default:
+	}
+	if err != nil {
 		os.Remove(out)
 		return fmt.Errorf("mksquashfs failed: %s", lastLine(stderr.String(), err))
+	}
+	if fi, err := os.Stat(out); err == nil && o.MaxBytes > 0 && fi.Size() > o.MaxBytes {
+		// Grown past the limit between the last look and the end.
+		os.Remove(out)
+		return &TooLargeError{Max: o.MaxBytes, Written: fi.Size(), Needed: fi.Size(), Percent: 100}
 	}
 	return nil
 }

@@ -3,6 +3,9 @@ package slotfs
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,5 +227,47 @@ func TestArgs(t *testing.T) {
 	}
 	if args := strings.Join(Args("/r", "/o", Options{Compression: "xz"}), " "); strings.Contains(args, "-Xcompression-level") {
 		t.Errorf("args %q set a level the user did not ask for", args)
+	}
+}
+
+// A tree that cannot fit stops mksquashfs once the image outgrows the
+// limit, with an estimate of what it needs, and leaves no image behind;
+// the same tree under a big enough limit builds.
+func TestBuildStopsWhenTooLarge(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 12 {
+		data := make([]byte, 1<<20) // incompressible
+		for j := range data {
+			data[j] = byte(rnd.Uint32())
+		}
+		if err := os.WriteFile(filepath.Join(root, fmt.Sprintf("f%02d", i)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "slot.squashfs")
+	var last int
+	err := Build(context.Background(), root, out, Options{Compression: "zstd", Epoch: 1, MaxBytes: 2 << 20,
+		Progress: func(p int) { last = p }})
+	var tl *TooLargeError
+	if !errors.As(err, &tl) {
+		t.Fatalf("Build of 12 MiB of random data into 2 MiB: %v, want a TooLargeError", err)
+	}
+	if tl.Written <= 2<<20 || tl.Max != 2<<20 {
+		t.Errorf("TooLargeError %+v", tl)
+	}
+	if tl.Percent >= 100 || last >= 100 {
+		t.Errorf("mksquashfs ran to the end (%d%%, progress %d%%): it should stop once the image is full", tl.Percent, last)
+	}
+	if tl.Needed != 0 && (tl.Needed < 8<<20 || tl.Needed > 20<<20) {
+		t.Errorf("estimate %d MiB for 12 MiB of random data", tl.Needed>>20)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("image left behind: %v", err)
+	}
+	t.Logf("%v", err)
+	if err := Build(context.Background(), root, out, Options{Compression: "zstd", Epoch: 1, MaxBytes: 64 << 20}); err != nil {
+		t.Fatalf("the same tree under 64 MiB: %v", err)
 	}
 }
