@@ -205,12 +205,7 @@ func maxArgs(n int) cobra.PositionalArgs {
 
 // cmdVersion prints the versions the nodes' agents and OS run.
 func cmdVersion(ctx context.Context, s *session) error {
-	var list NodeList
-	err := s.request(ctx, "list nodes", func(ctx context.Context) error {
-		var err error
-		list, err = ListNodes(ctx, s.cli)
-		return err
-	})
+	list, err := s.listNodes(ctx)
 	if err != nil {
 		return err
 	}

@@ -87,13 +87,19 @@ func ListNodes(ctx context.Context, cli *clientv3.Client) (NodeList, error) {
 	return list, nil
 }
 
-func cmdNodes(ctx context.Context, s *session) error {
+// listNodes reads every node document, with the session's retries.
+func (s *session) listNodes(ctx context.Context) (NodeList, error) {
 	var list NodeList
 	err := s.request(ctx, "list nodes", func(ctx context.Context) error {
 		var err error
 		list, err = ListNodes(ctx, s.cli)
 		return err
 	})
+	return list, err
+}
+
+func cmdNodes(ctx context.Context, s *session) error {
+	list, err := s.listNodes(ctx)
 	if err != nil {
 		return err
 	}

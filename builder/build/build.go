@@ -243,12 +243,8 @@ func Run(ctx context.Context, s *spec.Spec, o Options) (*Result, error) {
 	}); err != nil {
 		var tl *slotfs.TooLargeError
 		if errors.As(err, &tl) {
-			need := "more than " + strconv.FormatInt(tl.Max>>20, 10)
-			if tl.Needed > 0 {
-				need = "about " + strconv.FormatInt((tl.Needed+(1<<20)-1)>>20, 10)
-			}
-			return nil, fmt.Errorf("%s: partitions.slot: slot needs %s MiB (the build stopped once the slot was full), spec gives %d MiB; raise partitions.slot or trim the image",
-				s.Path, need, s.Partitions.Slot>>20)
+			return nil, fmt.Errorf("%s: partitions.slot: slot needs %s (the build stopped once the slot was full), spec gives %d MiB; raise partitions.slot or trim the image",
+				s.Path, tl.Need(), s.Partitions.Slot>>20)
 		}
 		return nil, err
 	}

@@ -95,13 +95,6 @@ func resolveAccel(a Accel) (Accel, error) {
 	return DetectAccel()
 }
 
-// KVM reports whether qemu started without an explicit accelerator uses
-// hardware virtualisation.
-func KVM() bool {
-	a, err := DetectAccel()
-	return err == nil && a == AccelKVM
-}
-
 func openKVM() error {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {

@@ -39,12 +39,20 @@ type TooLargeError struct {
 	Percent              int
 }
 
+// Need is what the image needs, as "about N MiB" or "more than N MiB".
+func (e *TooLargeError) Need() string {
+	if e.Needed > 0 {
+		return fmt.Sprintf("about %d MiB", (e.Needed+(1<<20)-1)>>20)
+	}
+	return fmt.Sprintf("more than %d MiB", e.Max>>20)
+}
+
 func (e *TooLargeError) Error() string {
 	if e.Needed > 0 {
-		return fmt.Sprintf("slot filesystem needs about %d MiB (%d MiB written at %d%% of the tree), more than %d MiB",
-			(e.Needed+(1<<20)-1)>>20, e.Written>>20, e.Percent, e.Max>>20)
+		return fmt.Sprintf("slot filesystem needs %s (%d MiB written at %d%% of the tree), more than %d MiB",
+			e.Need(), e.Written>>20, e.Percent, e.Max>>20)
 	}
-	return fmt.Sprintf("slot filesystem needs more than %d MiB", e.Max>>20)
+	return "slot filesystem needs " + e.Need()
 }
 
 // Args returns mksquashfs' arguments for building out from root. Exported

@@ -21,29 +21,20 @@ func TestCLI(t *testing.T) {
 
 // Usage errors are exit 2 with one line, before anything runs.
 func TestUsage(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{nil, "Usage:"},
-		{[]string{"nope"}, `unknown command "nope"`},
-		{[]string{"build"}, "want exactly one SPEC file, got 0"},
-		{[]string{"check", "a", "b"}, "want exactly one SPEC file, got 2"},
-		{[]string{"keygen"}, "want exactly one NAME"},
-		{[]string{"install", "x.raw"}, "--target DEV is required"},
-		{[]string{"run", "--accel", "warp", "x.qcow2"}, "--accel"},
-		{[]string{"cluster"}, "Usage:"},
-		{[]string{"cluster", "sideways"}, `unknown command "sideways"`},
-		{[]string{"cluster", "up"}, "--image is required"},
-		{[]string{"cluster", "down", "--image", "x"}, "unknown flag: --image"},
-		{[]string{"check", "/no/such/spec.yaml"}, "berth-build: "},
-	} {
-		var stdout, stderr bytes.Buffer
-		code := run(tc.args, &stdout, &stderr)
-		if code != 2 || stdout.Len() != 0 || !strings.Contains(stderr.String(), tc.want) {
-			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", tc.args, code, stdout.String(), stderr.String(), tc.want)
-		}
-	}
+	clitest.UsageErrors(t, newRoot, []clitest.UsageCase{
+		{Args: nil, Want: "Usage:"},
+		{Args: []string{"nope"}, Want: `unknown command "nope"`},
+		{Args: []string{"build"}, Want: "want exactly one SPEC file, got 0"},
+		{Args: []string{"check", "a", "b"}, Want: "want exactly one SPEC file, got 2"},
+		{Args: []string{"keygen"}, Want: "want exactly one NAME"},
+		{Args: []string{"install", "x.raw"}, Want: "--target DEV is required"},
+		{Args: []string{"run", "--accel", "warp", "x.qcow2"}, Want: "--accel"},
+		{Args: []string{"cluster"}, Want: "Usage:"},
+		{Args: []string{"cluster", "sideways"}, Want: `unknown command "sideways"`},
+		{Args: []string{"cluster", "up"}, Want: "--image is required"},
+		{Args: []string{"cluster", "down", "--image", "x"}, Want: "unknown flag: --image"},
+		{Args: []string{"check", "/no/such/spec.yaml"}, Want: "berth-build: "},
+	})
 }
 
 func TestCheck(t *testing.T) {

@@ -67,3 +67,22 @@ func run(root *cobra.Command, args ...string) (int, string, string) {
 	code := cli.Run(root, args, &stdout, &stderr)
 	return code, stdout.String(), stderr.String()
 }
+
+// UsageCase is a command line that must be refused as bad usage, and
+// what its one line on stderr must contain.
+type UsageCase struct {
+	Args []string
+	Want string
+}
+
+// UsageErrors asserts that each case exits 2 with nothing on stdout and
+// Want on stderr.
+func UsageErrors(t *testing.T, newRoot func() *cobra.Command, cases []UsageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		code, stdout, stderr := run(newRoot(), tc.Args...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, tc.Want) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", tc.Args, code, stdout, stderr, tc.Want)
+		}
+	}
+}

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"strings"
 	"testing"
 
-	"github.com/berth-os/berth/internal/cli"
 	"github.com/berth-os/berth/internal/cli/clitest"
 )
 
@@ -16,27 +13,18 @@ func TestCLI(t *testing.T) {
 // Usage errors are exit 2 before anything runs: health, rollback and
 // status take no arguments, apply exactly one SOURCE, -o only table|json.
 func TestUsage(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{nil, "Usage:"},
-		{[]string{"nope"}, `unknown command "nope"`},
-		{[]string{"health", "now"}, "unknown command"},
-		{[]string{"rollback", "x"}, "unknown command"},
-		{[]string{"status", "x"}, "unknown command"},
-		{[]string{"status", "-o", "yaml"}, "want table or json"},
-		{[]string{"status", "--json", "-o", "table"}, "conflict"},
-		{[]string{"apply"}, "want exactly one SOURCE, got 0"},
-		{[]string{"apply", "a", "b"}, "want exactly one SOURCE, got 2"},
-		{[]string{"apply", "--tries", "x", "a"}, "invalid argument"},
-	} {
-		var stdout, stderr bytes.Buffer
-		code := cli.Run(newRoot(), tc.args, &stdout, &stderr)
-		if code != 2 || stdout.Len() != 0 || !strings.Contains(stderr.String(), tc.want) {
-			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 and %q", tc.args, code, stdout.String(), stderr.String(), tc.want)
-		}
-	}
+	clitest.UsageErrors(t, newRoot, []clitest.UsageCase{
+		{Args: nil, Want: "Usage:"},
+		{Args: []string{"nope"}, Want: `unknown command "nope"`},
+		{Args: []string{"health", "now"}, Want: "unknown command"},
+		{Args: []string{"rollback", "x"}, Want: "unknown command"},
+		{Args: []string{"status", "x"}, Want: "unknown command"},
+		{Args: []string{"status", "-o", "yaml"}, Want: "want table or json"},
+		{Args: []string{"status", "--json", "-o", "table"}, Want: "conflict"},
+		{Args: []string{"apply"}, Want: "want exactly one SOURCE, got 0"},
+		{Args: []string{"apply", "a", "b"}, Want: "want exactly one SOURCE, got 2"},
+		{Args: []string{"apply", "--tries", "x", "a"}, Want: "invalid argument"},
+	})
 }
 
 // The status flags: --json stays as a hidden alias of -o json (the e2e
