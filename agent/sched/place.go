@@ -57,21 +57,21 @@ type Plan struct {
 	Placements []jobs.JobPlacement // one per input job, sorted by tenant and job
 }
 
-// nodeState is a live node with what is left on it.
-type nodeState struct {
+// nodeCapacity is a live node with the CPU, memory and ports left on it.
+type nodeCapacity struct {
 	Node
 	freeCPU, freeMem int64
 	ports            map[string]bool // "80/tcp" published by replicas on it
 }
 
-func (n *nodeState) fits(j *jobs.Job) bool { return n.takesNew() && n.hasRoom(j) }
+func (n *nodeCapacity) fits(j *jobs.Job) bool { return n.takesNew() && n.hasRoom(j) }
 
 // takesNew tells whether the node may get replicas it does not run yet.
-func (n *nodeState) takesNew() bool { return n.Schedulable && !n.Draining }
+func (n *nodeCapacity) takesNew() bool { return n.Schedulable && !n.Draining }
 
 // hasRoom ignores Schedulable: a replica already on a not-ready node may
 // take a job update in place.
-func (n *nodeState) hasRoom(j *jobs.Job) bool {
+func (n *nodeCapacity) hasRoom(j *jobs.Job) bool {
 	if n.freeCPU < j.Resources.CPUMillis || n.freeMem < j.Resources.MemoryBytes {
 		return false
 	}
@@ -83,7 +83,7 @@ func (n *nodeState) hasRoom(j *jobs.Job) bool {
 	return matches(n.Labels, j.NodeSelector)
 }
 
-func (n *nodeState) take(j *jobs.Job, sign int64) {
+func (n *nodeCapacity) take(j *jobs.Job, sign int64) {
 	n.freeCPU -= sign * j.Resources.CPUMillis
 	n.freeMem -= sign * j.Resources.MemoryBytes
 	for _, p := range j.Ports {
@@ -137,14 +137,14 @@ type jobTally struct {
 // go to the node with the fewest replicas of the job, then the most free
 // memory (spread), or to the tightest fit (spread: false).
 func Place(in Input) Plan {
-	p := &placer{in: in, nodes: map[string]*nodeState{}, jobs: map[jobs.JobRef]*JobEntry{}, tally: map[jobs.JobRef]*jobTally{}}
+	p := &placer{in: in, nodes: map[string]*nodeCapacity{}, jobs: map[jobs.JobRef]*JobEntry{}, tally: map[jobs.JobRef]*jobTally{}}
 	return p.run()
 }
 
 type placer struct {
 	in      Input
-	order   []*nodeState // sorted by name
-	nodes   map[string]*nodeState
+	order   []*nodeCapacity // sorted by name
+	nodes   map[string]*nodeCapacity
 	jobs    map[jobs.JobRef]*JobEntry
 	tally   map[jobs.JobRef]*jobTally
 	kept    map[jobs.ReplicaID]jobs.Assignment
@@ -153,7 +153,7 @@ type placer struct {
 
 func (p *placer) run() Plan {
 	for _, n := range p.in.Nodes {
-		ns := &nodeState{Node: n, freeCPU: n.CPUMillis, freeMem: n.MemoryBytes}
+		ns := &nodeCapacity{Node: n, freeCPU: n.CPUMillis, freeMem: n.MemoryBytes}
 		p.nodes[n.Name] = ns
 		p.order = append(p.order, ns)
 	}
