@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/berth-os/berth/agent/images"
+	"github.com/berth-os/berth/internal/mountinfo"
 )
 
 func requireRoot(t *testing.T) {
@@ -153,14 +154,13 @@ func layerPath(s *images.Store, diffID v1.Hash, elem ...string) string {
 // mountCount counts how often path appears as a mount point.
 func mountCount(t *testing.T, path string) int {
 	t.Helper()
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && f[4] == path {
+	for _, m := range mounts {
+		if m.MountPoint == path {
 			n++
 		}
 	}

@@ -1,7 +1,6 @@
 package install
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -11,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/internal/mountinfo"
 )
 
 // blockDev is what the checks learned about the target.
@@ -70,25 +71,14 @@ func checkInUse(d *blockDev) error {
 			devs[strings.TrimSpace(string(b))] = p
 		}
 	}
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
-		return fmt.Errorf("read mounts: %w", err)
+		return err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
+	for _, m := range mounts {
+		if name, ok := devs[m.Device]; ok {
+			return fmt.Errorf("target %s is in use: /dev/%s is mounted on %s; unmount it first", d.path, name, m.MountPoint)
 		}
-		if name, ok := devs[fields[2]]; ok {
-			return fmt.Errorf("target %s is in use: /dev/%s is mounted on %s; unmount it first", d.path, name, unescapeMount(fields[4]))
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read mounts: %w", err)
 	}
 	if b, err := os.ReadFile("/proc/swaps"); err == nil {
 		for _, line := range strings.Split(string(b), "\n")[1:] {
@@ -115,26 +105,6 @@ func checkInUse(d *blockDev) error {
 		}
 	}
 	return nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var c byte
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &c); err == nil {
-				b.WriteByte(c)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // findData names what marks a disk as holding data: partitions the kernel

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"unicode/utf16"
 
+	"github.com/berth-os/berth/internal/osrelease"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -47,7 +47,7 @@ func (s System) booted() (Booted, error) {
 	if err != nil {
 		return Booted{}, err
 	}
-	rel, err := readOSRelease(s.OSRelease)
+	rel, err := osrelease.Read(s.OSRelease)
 	if err != nil {
 		return Booted{}, err
 	}
@@ -119,32 +119,6 @@ func cmdlineSlot(cmdline string) (layout.Slot, error) {
 		return "", fmt.Errorf("kernel command line %s: %w", layout.CmdlineSlot, err)
 	}
 	return slot, nil
-}
-
-// readOSRelease parses KEY=VALUE lines with optional shell quoting.
-func readOSRelease(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read os-release: %w", err)
-	}
-	fields := map[string]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		if uq, err := strconv.Unquote(v); err == nil && strings.HasPrefix(v, `"`) {
-			v = uq
-		} else if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
-			v = v[1 : len(v)-1]
-		}
-		fields[k] = v
-	}
-	return fields, nil
 }
 
 // readBootCountPath returns the entry file name systemd-boot counted this

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/berth-os/berth/internal/osrelease"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -315,7 +316,7 @@ func TestOSReleaseQuoting(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "os-release")
 	os.WriteFile(p, []byte("# c\nA=\"x y\"\nB='z'\nC=plain\nD=\"esc\\\"aped\"\nbroken\n"), 0o644)
-	f, err := readOSRelease(p)
+	f, err := osrelease.Read(p)
 	if err != nil {
 		t.Fatal(err)
 	}
