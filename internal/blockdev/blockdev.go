@@ -1,6 +1,8 @@
-// Package sysblock lists block devices and partitions from sysfs
-// (/sys/class/block) and finds the berth partitions among them.
-package sysblock
+// Package blockdev lists block devices and partitions from sysfs
+// (/sys/class/block) and finds the berth partitions among them. The
+// initrd's static /init links it, so it imports nothing beyond the
+// standard library's basics: keep it that way.
+package blockdev
 
 import (
 	"errors"
@@ -14,7 +16,10 @@ import (
 
 // Device is one entry of /sys/class/block.
 type Device struct {
-	Name      string // kernel name, e.g. "vda2"; the node is /dev/<Name>
+	Name      string // kernel name in sysfs, e.g. "vda2"; the node is /dev/<Name>
+	DevName   string // DEVNAME, the node's path under /dev; Name when uevent has none
+	Major     uint32
+	Minor     uint32
 	Partition bool
 	PartN     int    // 1-based partition number, partitions only
 	PartName  string // GPT partition name (PARTNAME=), partitions only
@@ -22,8 +27,8 @@ type Device struct {
 	Sectors   uint64 // size in 512-byte units, as sysfs reports it
 }
 
-// Scan reads every entry of <sys>/class/block. Entries that vanish while
-// scanning (a device going away) are skipped, not errors.
+// Scan reads every entry of <sys>/class/block, sorted by name. Entries
+// that vanish while scanning (a device going away) are skipped, not errors.
 func Scan(sys string) ([]Device, error) {
 	dir := filepath.Join(sys, "class", "block")
 	ents, err := os.ReadDir(dir)
@@ -63,7 +68,22 @@ func readDevice(dir, name string) (Device, error) {
 			}
 		case "PARTNAME":
 			d.PartName = v
+		case "DEVNAME":
+			d.DevName = v
+		case "MAJOR", "MINOR":
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return Device{}, fmt.Errorf("block device %s: %s=%q: %w", name, k, v, err)
+			}
+			if k == "MAJOR" {
+				d.Major = uint32(n)
+			} else {
+				d.Minor = uint32(n)
+			}
 		}
+	}
+	if d.DevName == "" {
+		d.DevName = name
 	}
 	if size, err := os.ReadFile(filepath.Join(link, "size")); err == nil {
 		d.Sectors, _ = strconv.ParseUint(strings.TrimSpace(string(size)), 10, 64)

@@ -15,7 +15,7 @@ func TestUnquote(t *testing.T) {
 		{`"Debian GNU/Linux 12 (bookworm)"`, `Debian GNU/Linux 12 (bookworm)`},
 		{`'1.0.0-rc.1'`, `1.0.0-rc.1`},
 		{`"a \"quoted\" word"`, `a "quoted" word`},
-		{`"cost \$5, back\\slash, \`+"`tick`"+`"`, "cost $5, back\\slash, `tick`"},
+		{`"cost \$5, back\\slash, \` + "`tick`" + `"`, "cost $5, back\\slash, `tick`"},
 		{`"keeps \n and \x"`, `keeps \n and \x`}, // only $ " \ ` are escapes in double quotes
 		{`'no \"escapes\" here'`, `no \"escapes\" here`},
 		{`a\ b`, `a b`},

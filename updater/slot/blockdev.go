@@ -1,15 +1,14 @@
 package slot
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-os/berth/internal/blockdev"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -35,64 +34,17 @@ func statRootDev() (uint32, uint32, error) {
 	return unix.Major(st.Dev), unix.Minor(st.Dev), nil
 }
 
-type partition struct {
-	name     string // kernel name, e.g. vda3
-	partName string // GPT partition name
-	disk     string // kernel name of the whole disk, e.g. vda
-	major    uint32
-	minor    uint32
-}
-
 // partitions lists the partitions in <sys>/class/block.
-func (b blockDevices) partitions() ([]partition, error) {
-	dir := filepath.Join(b.sys, "class", "block")
-	ents, err := os.ReadDir(dir)
+func (b blockDevices) partitions() ([]blockdev.Device, error) {
+	devs, err := blockdev.Scan(b.sys)
 	if err != nil {
-		return nil, fmt.Errorf("list block devices: %w", err)
+		return nil, err
 	}
-	var out []partition
-	for _, e := range ents {
-		link := filepath.Join(dir, e.Name())
-		uevent, err := os.ReadFile(filepath.Join(link, "uevent"))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // the device went away while listing
+	var out []blockdev.Device
+	for _, d := range devs {
+		if d.Partition {
+			out = append(out, d)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("block device %s: %w", e.Name(), err)
-		}
-		p := partition{name: e.Name()}
-		isPart := false
-		for _, line := range strings.Split(string(uevent), "\n") {
-			k, v, _ := strings.Cut(line, "=")
-			switch k {
-			case "DEVTYPE":
-				isPart = v == "partition"
-			case "PARTNAME":
-				p.partName = v
-			case "DEVNAME":
-				p.name = v
-			case "MAJOR", "MINOR":
-				n, err := strconv.ParseUint(v, 10, 32)
-				if err != nil {
-					return nil, fmt.Errorf("block device %s: %s=%q: %w", e.Name(), k, v, err)
-				}
-				if k == "MAJOR" {
-					p.major = uint32(n)
-				} else {
-					p.minor = uint32(n)
-				}
-			}
-		}
-		if !isPart {
-			continue
-		}
-		// A partition's sysfs directory sits inside its disk's directory.
-		real, err := filepath.EvalSymlinks(link)
-		if err != nil {
-			return nil, fmt.Errorf("block device %s: %w", e.Name(), err)
-		}
-		p.disk = filepath.Base(filepath.Dir(real))
-		out = append(out, p)
 	}
 	return out, nil
 }
@@ -109,28 +61,28 @@ func (b blockDevices) slotDevice(cmdlinePath string, slot layout.Slot) (string, 
 	if err != nil {
 		return "", err
 	}
-	var found []partition
+	var found []blockdev.Device
 	for _, p := range parts {
-		if p.disk == booted.disk && p.partName == slot.Label() {
+		if p.Disk == booted.Disk && p.PartName == slot.Label() {
 			found = append(found, p)
 		}
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("no partition labelled %s on %s, the disk of the booted slot", slot.Label(), booted.disk)
+		return "", fmt.Errorf("no partition labelled %s on %s, the disk of the booted slot", slot.Label(), booted.Disk)
 	case 1:
-		return filepath.Join(b.dev, found[0].name), nil
+		return filepath.Join(b.dev, found[0].DevName), nil
 	}
-	return "", fmt.Errorf("%d partitions labelled %s on %s: the disk layout is broken", len(found), slot.Label(), booted.disk)
+	return "", fmt.Errorf("%d partitions labelled %s on %s: the disk layout is broken", len(found), slot.Label(), booted.Disk)
 }
 
 // bootedPartition finds the partition the running OS was booted from: the
 // device of "/" first, then the kernel command line's berth.root.
-func (b blockDevices) bootedPartition(parts []partition, cmdlinePath string) (partition, error) {
+func (b blockDevices) bootedPartition(parts []blockdev.Device, cmdlinePath string) (blockdev.Device, error) {
 	if b.rootDev != nil {
 		if major, minor, err := b.rootDev(); err == nil {
 			for _, p := range parts {
-				if p.major == major && p.minor == minor {
+				if p.Major == major && p.Minor == minor {
 					return p, nil
 				}
 			}
@@ -138,7 +90,7 @@ func (b blockDevices) bootedPartition(parts []partition, cmdlinePath string) (pa
 	}
 	data, err := os.ReadFile(cmdlinePath)
 	if err != nil {
-		return partition{}, fmt.Errorf("find the booted slot: read kernel command line: %w", err)
+		return blockdev.Device{}, fmt.Errorf("find the booted slot: read kernel command line: %w", err)
 	}
 	var root string
 	for _, f := range strings.Fields(string(data)) {
@@ -151,27 +103,27 @@ func (b blockDevices) bootedPartition(parts []partition, cmdlinePath string) (pa
 	case "PARTUUID":
 		dev, err := b.byPartUUID(value)
 		if err != nil {
-			return partition{}, err
+			return blockdev.Device{}, err
 		}
 		for _, p := range parts {
-			if p.name == filepath.Base(dev) {
+			if p.DevName == filepath.Base(dev) {
 				return p, nil
 			}
 		}
-		return partition{}, fmt.Errorf("find the booted slot: %s is not a partition in sysfs", dev)
+		return blockdev.Device{}, fmt.Errorf("find the booted slot: %s is not a partition in sysfs", dev)
 	case "PARTLABEL":
-		var found []partition
+		var found []blockdev.Device
 		for _, p := range parts {
-			if p.partName == value {
+			if p.PartName == value {
 				found = append(found, p)
 			}
 		}
 		if len(found) == 1 {
 			return found[0], nil
 		}
-		return partition{}, fmt.Errorf("find the booted slot: %d partitions are labelled %s", len(found), value)
+		return blockdev.Device{}, fmt.Errorf("find the booted slot: %d partitions are labelled %s", len(found), value)
 	}
-	return partition{}, fmt.Errorf("find the booted slot: \"/\" is not on a partition and the kernel command line has no %s=PARTUUID=… or PARTLABEL=…", layout.CmdlineRoot)
+	return blockdev.Device{}, fmt.Errorf("find the booted slot: \"/\" is not on a partition and the kernel command line has no %s=PARTUUID=… or PARTLABEL=…", layout.CmdlineRoot)
 }
 
 // byPartUUID resolves <dev>/disk/by-partuuid/<uuid> (udev writes it in

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-os/berth/builder/initrd/init/internal/finder"
-	"github.com/berth-os/berth/builder/initrd/init/internal/sysblock"
+	"github.com/berth-os/berth/internal/blockdev"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -62,7 +62,7 @@ func (b *boot) attachConsole() {
 
 // waitForSlot polls sysfs until the slot partition shows up or rootwait
 // runs out: disks appear asynchronously after their driver loads.
-func (b *boot) waitForSlot() (sysblock.Device, *failure) {
+func (b *boot) waitForSlot() (blockdev.Device, *failure) {
 	f := finder.Finder{Sys: "/sys", Dev: "/dev"}
 	deadline := time.Now().Add(b.cfg.RootWait)
 	nextNote := time.Now().Add(5 * time.Second)
@@ -75,11 +75,11 @@ func (b *boot) waitForSlot() (sysblock.Device, *failure) {
 			}
 		}
 		if !errors.Is(err, finder.ErrNotFound) && !errors.Is(err, os.ErrNotExist) {
-			return sysblock.Device{}, fail("find slot partition", err)
+			return blockdev.Device{}, fail("find slot partition", err)
 		}
 		now := time.Now()
 		if now.After(deadline) {
-			return sysblock.Device{}, fail(fmt.Sprintf("find slot partition %s", b.cfg.Root),
+			return blockdev.Device{}, fail(fmt.Sprintf("find slot partition %s", b.cfg.Root),
 				fmt.Errorf("not found after %s (%s=SECONDS waits longer): %w", b.cfg.RootWait, layout.CmdlineRootWait, err))
 		}
 		if now.After(nextNote) {
@@ -90,7 +90,7 @@ func (b *boot) waitForSlot() (sysblock.Device, *failure) {
 	}
 }
 
-func (b *boot) mountSlot(slot sysblock.Device) *failure {
+func (b *boot) mountSlot(slot blockdev.Device) *failure {
 	node := filepath.Join("/dev", slot.Name)
 	if err := os.MkdirAll(newRoot, 0o755); err != nil {
 		return fail("create "+newRoot, err)

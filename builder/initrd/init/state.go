@@ -14,7 +14,7 @@ import (
 
 	"github.com/berth-os/berth/builder/initrd/init/internal/ext4fs"
 	"github.com/berth-os/berth/builder/initrd/init/internal/finder"
-	"github.com/berth-os/berth/builder/initrd/init/internal/sysblock"
+	"github.com/berth-os/berth/internal/blockdev"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -67,7 +67,7 @@ func (b *boot) setUpState(disk string) *failure {
 
 // growPartition extends the state partition to the end of the disk when
 // the disk got bigger than the image (qemu-img resize, a larger real disk).
-func (b *boot) growPartition(fd finder.Finder, disk string, state sysblock.Device) error {
+func (b *boot) growPartition(fd finder.Finder, disk string, state blockdev.Device) error {
 	t, err := fd.ReadGPT(disk)
 	if err != nil {
 		return err

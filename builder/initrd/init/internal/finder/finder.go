@@ -10,7 +10,7 @@ import (
 
 	"github.com/berth-os/berth/builder/initrd/init/internal/bootcfg"
 	"github.com/berth-os/berth/builder/initrd/init/internal/gpt"
-	"github.com/berth-os/berth/builder/initrd/init/internal/sysblock"
+	"github.com/berth-os/berth/internal/blockdev"
 	"github.com/berth-os/berth/updater/layout"
 )
 
@@ -21,7 +21,7 @@ type Finder struct {
 }
 
 // Node is the device node path of a device.
-func (f Finder) Node(d sysblock.Device) string { return filepath.Join(f.Dev, d.Name) }
+func (f Finder) Node(d blockdev.Device) string { return filepath.Join(f.Dev, d.Name) }
 
 // ErrNotFound means no partition matches (yet: the disk may still appear).
 var ErrNotFound = errors.New("no such partition")
@@ -29,64 +29,64 @@ var ErrNotFound = errors.New("no such partition")
 // Slot finds the partition named by berth.root. Several partitions with
 // the same label (two berth disks attached) is an error: booting the wrong
 // disk's slot would be worse than not booting.
-func (f Finder) Slot(spec bootcfg.RootSpec) (sysblock.Device, error) {
-	devs, err := sysblock.Scan(f.Sys)
+func (f Finder) Slot(spec bootcfg.RootSpec) (blockdev.Device, error) {
+	devs, err := blockdev.Scan(f.Sys)
 	if err != nil {
-		return sysblock.Device{}, err
+		return blockdev.Device{}, err
 	}
-	var found []sysblock.Device
+	var found []blockdev.Device
 	switch spec.Kind {
 	case bootcfg.RootByPartLabel:
-		found = sysblock.ByPartName(devs, spec.Value)
+		found = blockdev.ByPartName(devs, spec.Value)
 	case bootcfg.RootByPartUUID:
-		for _, disk := range sysblock.Disks(devs) {
+		for _, disk := range blockdev.Disks(devs) {
 			t, err := f.ReadGPT(disk)
 			if err != nil {
 				continue // not every disk has a readable GPT; keep looking
 			}
 			if p, ok := t.ByGUID(spec.Value); ok {
-				if d, ok := sysblock.ByDiskPartN(devs, disk, p.Number); ok {
+				if d, ok := blockdev.ByDiskPartN(devs, disk, p.Number); ok {
 					found = append(found, d)
 				}
 			}
 		}
 	default:
-		return sysblock.Device{}, fmt.Errorf("root spec %q: unknown kind", spec)
+		return blockdev.Device{}, fmt.Errorf("root spec %q: unknown kind", spec)
 	}
 	switch len(found) {
 	case 0:
-		return sysblock.Device{}, fmt.Errorf("%s: %w (block devices: %s)", spec, ErrNotFound, sysblock.Names(devs))
+		return blockdev.Device{}, fmt.Errorf("%s: %w (block devices: %s)", spec, ErrNotFound, blockdev.Names(devs))
 	case 1:
 		return found[0], nil
 	}
-	return sysblock.Device{}, fmt.Errorf("%s matches %s: detach the other disk or boot by PARTUUID", spec, sysblock.Names(found))
+	return blockdev.Device{}, fmt.Errorf("%s matches %s: detach the other disk or boot by PARTUUID", spec, blockdev.Names(found))
 }
 
 // State finds the partition labelled BERTH-STATE on disk, the disk the
 // slot was found on.
-func (f Finder) State(disk string) (sysblock.Device, error) {
-	devs, err := sysblock.Scan(f.Sys)
+func (f Finder) State(disk string) (blockdev.Device, error) {
+	devs, err := blockdev.Scan(f.Sys)
 	if err != nil {
-		return sysblock.Device{}, err
+		return blockdev.Device{}, err
 	}
-	var found []sysblock.Device
-	for _, d := range sysblock.ByPartName(devs, layout.LabelState) {
+	var found []blockdev.Device
+	for _, d := range blockdev.ByPartName(devs, layout.LabelState) {
 		if d.Disk == disk {
 			found = append(found, d)
 		}
 	}
 	switch len(found) {
 	case 0:
-		return sysblock.Device{}, fmt.Errorf("no partition labelled %s on %s: %w", layout.LabelState, disk, ErrNotFound)
+		return blockdev.Device{}, fmt.Errorf("no partition labelled %s on %s: %w", layout.LabelState, disk, ErrNotFound)
 	case 1:
 		return found[0], nil
 	}
-	return sysblock.Device{}, fmt.Errorf("%d partitions labelled %s on %s", len(found), layout.LabelState, disk)
+	return blockdev.Device{}, fmt.Errorf("%d partitions labelled %s on %s", len(found), layout.LabelState, disk)
 }
 
 // ReadGPT reads and checks the partition table of a whole disk.
 func (f Finder) ReadGPT(disk string) (*gpt.Table, error) {
-	ss, err := sysblock.LogicalBlockSize(f.Sys, disk)
+	ss, err := blockdev.LogicalBlockSize(f.Sys, disk)
 	if err != nil {
 		return nil, err
 	}
