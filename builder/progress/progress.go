@@ -1,32 +1,31 @@
-// Package progress reports the long steps of a build: a redrawn line on a
-// terminal, plain log lines (every 10%) otherwise, so CI logs stay short.
+// Package progress reports the long steps of a build, one step at a time,
+// with internal/progress's line: redrawn on a terminal, log lines (one
+// per tenth) otherwise, so CI logs stay short.
 package progress
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"sync"
 	"time"
 
-	"golang.org/x/term"
+	"github.com/berth-os/berth/internal/progress"
 )
 
 // Reporter tracks one step at a time.
 type Reporter struct {
-	mu      sync.Mutex
-	out     io.Writer
-	tty     bool
-	log     *slog.Logger
-	step    string
-	start   time.Time
-	lastPct int
+	mu    sync.Mutex
+	tty   bool
+	log   *slog.Logger
+	step  string
+	start time.Time
+	line  *progress.Line
 }
 
-// New reports to stderr, drawing a bar when stderr is a terminal.
+// New reports to stderr, drawing a line when stderr is a terminal.
 func New(log *slog.Logger) *Reporter {
-	return &Reporter{out: os.Stderr, tty: term.IsTerminal(int(os.Stderr.Fd())), log: log}
+	return &Reporter{tty: progress.IsTerminal(os.Stderr), log: log}
 }
 
 // Step starts a named step and ends the previous one.
@@ -34,7 +33,9 @@ func (r *Reporter) Step(name string, attrs ...any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.endLocked()
-	r.step, r.start, r.lastPct = name, time.Now(), -1
+	r.step, r.start = name, time.Now()
+	// Off a terminal the progress lines are records of the build log.
+	r.line = progress.NewWith(os.Stderr, name, progress.Options{Terminal: r.tty, Log: r.log})
 	r.log.Info(name, attrs...)
 }
 
@@ -42,15 +43,9 @@ func (r *Reporter) Step(name string, attrs ...any) {
 func (r *Reporter) Percent(p int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p == r.lastPct {
-		return
+	if r.line != nil {
+		r.line.Percent(p)
 	}
-	if r.tty {
-		fmt.Fprintf(r.out, "\r  %-40s %3d%%", r.step, p)
-	} else if p/10 != r.lastPct/10 || r.lastPct < 0 {
-		r.log.Info(r.step, "progress", fmt.Sprintf("%d%%", p))
-	}
-	r.lastPct = p
 }
 
 // Bytes reports done out of total bytes.
@@ -72,9 +67,7 @@ func (r *Reporter) endLocked() {
 	if r.step == "" {
 		return
 	}
-	if r.tty && r.lastPct >= 0 {
-		fmt.Fprintln(r.out)
-	}
+	r.line.Done()
 	r.log.Info(r.step+" done", "seconds", fmt.Sprintf("%.1f", time.Since(r.start).Seconds()))
-	r.step = ""
+	r.step, r.line = "", nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-os/berth/internal/cli"
+	"github.com/berth-os/berth/internal/progress"
 	"github.com/berth-os/berth/updater/layout"
 	"github.com/berth-os/berth/updater/payload"
 	"github.com/berth-os/berth/updater/slot"
@@ -47,16 +48,15 @@ DIR@sha256:...), a payload tarball, or a registry reference
 				return err
 			}
 			start := time.Now()
-			last := -1
+			// Percent only: the e2e power-cut test waits for "writing slot: N0%".
+			line := progress.New(stderr, "writing slot")
 			plan, err := sys.Apply(ctx, slot.PayloadSource(p), slot.ApplyOptions{
 				AllowDowngrade: downgrade, DryRun: dryRun, Tries: tries,
 				Progress: func(done, total int64) {
-					if pct := int(done * 100 / max(total, 1)); pct/10 != last/10 {
-						last = pct
-						fmt.Fprintf(stderr, "writing slot: %d%%\n", pct)
-					}
+					line.Percent(int(done * 100 / max(total, 1)))
 				},
 			})
+			line.Done()
 			if err != nil {
 				return fmt.Errorf("apply: %w", err)
 			}
