@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
 // maxJSONDepth bounds nesting; a job is at most three levels deep.
@@ -17,7 +19,7 @@ const maxJSONDepth = 32
 // jsonTree parses JSON into the same node tree the YAML parser makes, with
 // line numbers, so one strict walker serves both. (YAML parsers reject some
 // valid JSON, such as the "\/" escape, hence a JSON reader of its own.)
-func jsonTree(data []byte) (*yaml.Node, *posError) {
+func jsonTree(data []byte) (*yaml.Node, *yamlnode.Error) {
 	t := &jsonTreeBuilder{data: data, dec: json.NewDecoder(bytes.NewReader(data)), line: 1}
 	t.dec.UseNumber()
 	root, err := t.value(0)
@@ -26,7 +28,7 @@ func jsonTree(data []byte) (*yaml.Node, *posError) {
 	}
 	line := t.lineAt(t.dec.InputOffset())
 	if _, terr := t.dec.Token(); !errors.Is(terr, io.EOF) {
-		return nil, &posError{line: line, problem: "data after the JSON object; expected one job per file"}
+		return nil, &yamlnode.Error{Line: line, Msg: "data after the JSON object; expected one job per file"}
 	}
 	return root, nil
 }
@@ -52,10 +54,10 @@ func (t *jsonTreeBuilder) lineAt(off int64) int {
 	return t.line
 }
 
-func (t *jsonTreeBuilder) value(depth int) (*yaml.Node, *posError) {
+func (t *jsonTreeBuilder) value(depth int) (*yaml.Node, *yamlnode.Error) {
 	line := t.lineAt(t.dec.InputOffset())
 	if depth > maxJSONDepth {
-		return nil, &posError{line: line, problem: "JSON nested too deeply; expected a job object"}
+		return nil, &yamlnode.Error{Line: line, Msg: "JSON nested too deeply; expected a job object"}
 	}
 	tok, err := t.dec.Token()
 	if err != nil {
@@ -70,7 +72,7 @@ func (t *jsonTreeBuilder) value(depth int) (*yaml.Node, *posError) {
 		case '[':
 			n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
 		default:
-			return nil, &posError{line: line, problem: fmt.Sprintf("unexpected %q; expected valid JSON", v)}
+			return nil, &yamlnode.Error{Line: line, Msg: fmt.Sprintf("unexpected %q; expected valid JSON", v)}
 		}
 		for t.dec.More() {
 			if n.Kind == yaml.MappingNode {
@@ -103,16 +105,16 @@ func (t *jsonTreeBuilder) value(depth int) (*yaml.Node, *posError) {
 	case nil:
 		return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!null", Value: "null", Line: line, Column: 1}, nil
 	}
-	return nil, &posError{line: line, problem: fmt.Sprintf("unexpected token %v; expected valid JSON", tok)}
+	return nil, &yamlnode.Error{Line: line, Msg: fmt.Sprintf("unexpected token %v; expected valid JSON", tok)}
 }
 
-func (t *jsonTreeBuilder) syntaxError(err error, line int) *posError {
+func (t *jsonTreeBuilder) syntaxError(err error, line int) *yamlnode.Error {
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		line = 1 + bytes.Count(t.data[:min(int(se.Offset), len(t.data))], []byte{'\n'})
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return &posError{line: line, problem: "JSON ends early; expected the rest of the object"}
+		return &yamlnode.Error{Line: line, Msg: "JSON ends early; expected the rest of the object"}
 	}
-	return &posError{line: line, problem: strings.TrimPrefix(err.Error(), "json: ") + "; expected valid JSON"}
+	return &yamlnode.Error{Line: line, Msg: strings.TrimPrefix(err.Error(), "json: ") + "; expected valid JSON"}
 }

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
 // MaxJobFileBytes bounds what ParseJob reads.
@@ -26,37 +26,27 @@ func ParseJob(data []byte, source string) (Job, error) {
 	}
 	root, perr := parseTree(data)
 	if perr != nil {
-		return Job{}, perr.at(source)
+		return Job{}, inFile(perr, source)
 	}
 	d := &decoder{lines: map[string]int{"": root.Line}}
 	j, perr := d.job(root)
 	if perr != nil {
-		return Job{}, perr.at(source)
+		return Job{}, inFile(perr, source)
 	}
 	if fe := j.validate(false); fe != nil {
-		return Job{}, (&posError{line: d.lineOf(fe.Field), field: fe.Field, problem: fe.Problem}).at(source)
+		return Job{}, inFile(&yamlnode.Error{Line: d.lineOf(fe.Field), Field: fe.Field, Msg: fe.Problem}, source)
 	}
 	return j, nil
 }
 
-// posError is a problem at a line of the input.
-type posError struct {
-	line    int
-	field   string
-	problem string
+// inFile names the job file in a problem found by the walk.
+func inFile(e *yamlnode.Error, source string) error {
+	e.File = source
+	return e
 }
-
-func (e *posError) at(source string) error {
-	if e.field == "" {
-		return fmt.Errorf("%s:%d: %s", source, e.line, e.problem)
-	}
-	return fmt.Errorf("%s:%d: %s: %s", source, e.line, e.field, e.problem)
-}
-
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // parseTree returns the top node of the single document in data.
-func parseTree(data []byte) (*yaml.Node, *posError) {
+func parseTree(data []byte) (*yaml.Node, *yamlnode.Error) {
 	if trimmed := bytes.TrimLeft(data, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
 		root, jerr := jsonTree(data)
 		if jerr == nil {
@@ -71,35 +61,21 @@ func parseTree(data []byte) (*yaml.Node, *posError) {
 	return yamlTree(data)
 }
 
-func yamlTree(data []byte) (*yaml.Node, *posError) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, &posError{line: 1, problem: "empty file; expected a job mapping with name, image, resources"}
-		}
-		return nil, yamlError(err)
+func yamlTree(data []byte) (*yaml.Node, *yamlnode.Error) {
+	root, err := yamlnode.Decode(data)
+	var extra *yamlnode.ExtraDocumentError
+	var syntax *yamlnode.SyntaxError
+	switch {
+	case err == nil:
+		return root, nil
+	case errors.Is(err, yamlnode.ErrEmpty):
+		return nil, &yamlnode.Error{Line: 1, Msg: "empty file; expected a job mapping with name, image, resources"}
+	case errors.As(err, &extra):
+		return nil, &yamlnode.Error{Line: extra.Line, Msg: "a second YAML document; expected one job per file"}
+	case errors.As(err, &syntax):
+		return nil, &yamlnode.Error{Line: syntax.Line, Msg: syntax.Msg + "; expected valid YAML or JSON"}
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return nil, yamlError(err)
-		}
-		return nil, &posError{line: extra.Line, problem: "a second YAML document; expected one job per file"}
-	}
-	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 {
-		return nil, &posError{line: 1, problem: "no document; expected a job mapping"}
-	}
-	return doc.Content[0], nil
-}
-
-func yamlError(err error) *posError {
-	msg := strings.ReplaceAll(err.Error(), "\n", " ")
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &posError{line: line, problem: m[2] + "; expected valid YAML or JSON"}
-	}
-	return &posError{line: 1, problem: strings.TrimPrefix(msg, "yaml: ") + "; expected valid YAML or JSON"}
+	return nil, &yamlnode.Error{Line: 1, Msg: yamlnode.OneLine(err.Error()) + "; expected valid YAML or JSON"}
 }
 
 // decoder walks the node tree and remembers the line of every field, so a
@@ -125,11 +101,11 @@ func (d *decoder) lineOf(field string) int {
 var jobKeys = []string{"schema", "name", "tenant", "image", "command", "args", "env", "replicas", "resources",
 	"read_only_root", "volumes", "ports", "restart", "node_selector", "spread", "stopped", "stop_timeout_seconds"}
 
-func (d *decoder) job(n *yaml.Node) (Job, *posError) {
+func (d *decoder) job(n *yaml.Node) (Job, *yamlnode.Error) {
 	var j Job
 	replicasSet := false
-	perr := d.mapping(n, "", jobKeys, func(key string, v *yaml.Node) *posError {
-		var err *posError
+	perr := d.mapping(n, "", jobKeys, func(key string, v *yaml.Node) *yamlnode.Error {
+		var err *yamlnode.Error
 		switch key {
 		case "schema":
 			j.Schema, err = str(v, key)
@@ -149,7 +125,7 @@ func (d *decoder) job(n *yaml.Node) (Job, *posError) {
 			var r int64
 			r, err = integer(v, key)
 			if err == nil && (r < 0 || r > MaxReplicas) {
-				err = &posError{line: v.Line, field: key, problem: fmt.Sprintf("%d is out of range; expected 0..%d", r, MaxReplicas)}
+				err = &yamlnode.Error{Line: v.Line, Field: key, Msg: fmt.Sprintf("%d is out of range; expected 0..%d", r, MaxReplicas)}
 			}
 			j.Replicas, replicasSet = int(r), true
 		case "resources":
@@ -176,7 +152,7 @@ func (d *decoder) job(n *yaml.Node) (Job, *posError) {
 			var t int64
 			t, err = integer(v, key)
 			if err == nil && (t < 1 || t > MaxStopTimeoutSeconds) {
-				err = &posError{line: v.Line, field: key, problem: fmt.Sprintf("%d is out of range; expected 1..%d", t, MaxStopTimeoutSeconds)}
+				err = &yamlnode.Error{Line: v.Line, Field: key, Msg: fmt.Sprintf("%d is out of range; expected 1..%d", t, MaxStopTimeoutSeconds)}
 			}
 			j.StopTimeoutSeconds = int(t)
 		}
@@ -191,16 +167,16 @@ func (d *decoder) job(n *yaml.Node) (Job, *posError) {
 	return j.WithDefaults(), nil
 }
 
-func (d *decoder) resources(n *yaml.Node) (Resources, *posError) {
+func (d *decoder) resources(n *yaml.Node) (Resources, *yamlnode.Error) {
 	var r Resources
 	keys := []string{"cpu", "cpu_millis", "memory", "memory_bytes", "pids"}
 	seen := map[string]string{}
-	perr := d.mapping(n, "resources", keys, func(key string, v *yaml.Node) *posError {
+	perr := d.mapping(n, "resources", keys, func(key string, v *yaml.Node) *yamlnode.Error {
 		field := "resources." + key
 		// cpu and cpu_millis are one field in two spellings; so are memory and memory_bytes.
 		canon := strings.TrimSuffix(strings.TrimSuffix(key, "_millis"), "_bytes")
 		if other, dup := seen[canon]; dup {
-			return &posError{line: v.Line, field: field, problem: fmt.Sprintf("given together with %s; expected only one of them", other)}
+			return &yamlnode.Error{Line: v.Line, Field: field, Msg: fmt.Sprintf("given together with %s; expected only one of them", other)}
 		}
 		seen[canon] = key
 		d.lines["resources."+canon] = v.Line
@@ -216,7 +192,7 @@ func (d *decoder) resources(n *yaml.Node) (Resources, *posError) {
 			}
 			q, perr := parse(s)
 			if perr != nil {
-				return &posError{line: v.Line, field: field, problem: perr.Error()}
+				return &yamlnode.Error{Line: v.Line, Field: field, Msg: perr.Error()}
 			}
 			if key == "cpu" {
 				r.CPUMillis = q
@@ -242,12 +218,12 @@ func (d *decoder) resources(n *yaml.Node) (Resources, *posError) {
 	return r, perr
 }
 
-func (d *decoder) volumes(n *yaml.Node) ([]Volume, *posError) {
+func (d *decoder) volumes(n *yaml.Node) ([]Volume, *yamlnode.Error) {
 	var vols []Volume
-	err := d.sequence(n, "volumes", func(i int, item *yaml.Node) *posError {
+	err := d.sequence(n, "volumes", func(i int, item *yaml.Node) *yamlnode.Error {
 		field := fmt.Sprintf("volumes[%d]", i)
 		var v Volume
-		err := d.mapping(item, field, []string{"name", "path"}, func(key string, val *yaml.Node) *posError {
+		err := d.mapping(item, field, []string{"name", "path"}, func(key string, val *yaml.Node) *yamlnode.Error {
 			s, err := str(val, field+"."+key)
 			if key == "name" {
 				v.Name = s
@@ -262,12 +238,12 @@ func (d *decoder) volumes(n *yaml.Node) ([]Volume, *posError) {
 	return vols, err
 }
 
-func (d *decoder) ports(n *yaml.Node) ([]Port, *posError) {
+func (d *decoder) ports(n *yaml.Node) ([]Port, *yamlnode.Error) {
 	var ports []Port
-	err := d.sequence(n, "ports", func(i int, item *yaml.Node) *posError {
+	err := d.sequence(n, "ports", func(i int, item *yaml.Node) *yamlnode.Error {
 		field := fmt.Sprintf("ports[%d]", i)
 		var p Port
-		err := d.mapping(item, field, []string{"container", "host", "protocol"}, func(key string, val *yaml.Node) *posError {
+		err := d.mapping(item, field, []string{"container", "host", "protocol"}, func(key string, val *yaml.Node) *yamlnode.Error {
 			if key == "protocol" {
 				s, err := str(val, field+"."+key)
 				p.Protocol = s
@@ -275,7 +251,7 @@ func (d *decoder) ports(n *yaml.Node) ([]Port, *posError) {
 			}
 			v, err := integer(val, field+"."+key)
 			if err == nil && (v < 1 || v > 65535) {
-				return &posError{line: val.Line, field: field + "." + key, problem: fmt.Sprintf("%d is not a port; expected 1..65535", v)}
+				return &yamlnode.Error{Line: val.Line, Field: field + "." + key, Msg: fmt.Sprintf("%d is not a port; expected 1..65535", v)}
 			}
 			if key == "container" {
 				p.Container = int(v)
@@ -290,40 +266,49 @@ func (d *decoder) ports(n *yaml.Node) ([]Port, *posError) {
 	return ports, err
 }
 
+// jobWords are the job file's phrases for refused keys. A key is a plain
+// string: "1: x" or "<<: *a" is refused as not a name.
+var jobWords = yamlnode.Words{
+	StringKeys: true,
+	BadKey: func(field string, k *yaml.Node, allowed []string) *yamlnode.Error {
+		if allowed == nil {
+			return yamlnode.At(k, field, "key %s is not a name; expected a plain name", describe(k))
+		}
+		return yamlnode.At(k, field, "key %s is not a plain name; expected one of %s", describe(k), strings.Join(allowed, ", "))
+	},
+	Unknown: func(field string, k *yaml.Node, allowed []string) *yamlnode.Error {
+		return yamlnode.At(k, join(field, printable(clip(k.Value))), "unknown key; expected one of %s", strings.Join(allowed, ", "))
+	},
+	Duplicate: func(field string, k *yaml.Node, _ int) *yamlnode.Error {
+		return yamlnode.At(k, join(field, printable(clip(k.Value))), "given twice; expected each key once")
+	},
+}
+
 // mapping calls fn for each key of a mapping, after rejecting non-mappings,
-// aliases, non-string, duplicate and unknown keys.
-func (d *decoder) mapping(n *yaml.Node, field string, allowed []string, fn func(key string, v *yaml.Node) *posError) *posError {
+// aliases, non-string, duplicate and unknown keys; it stops at the first
+// problem.
+func (d *decoder) mapping(n *yaml.Node, field string, allowed []string, fn func(key string, v *yaml.Node) *yamlnode.Error) *yamlnode.Error {
 	if err := expectKind(n, field, yaml.MappingNode, "a mapping of key: value"); err != nil {
 		return err
 	}
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
-			return &posError{line: k.Line, field: field, problem: fmt.Sprintf("key %s is not a plain name; expected one of %s", describe(k), strings.Join(allowed, ", "))}
+	for _, e := range jobWords.Mapping(n, field, allowed) {
+		if e.Err != nil {
+			return e.Err
 		}
-		name := join(field, k.Value)
-		if seen[k.Value] {
-			return &posError{line: k.Line, field: name, problem: "given twice; expected each key once"}
-		}
-		seen[k.Value] = true
-		if !contains(allowed, k.Value) {
-			return &posError{line: k.Line, field: join(field, printable(clip(k.Value))), problem: "unknown key; expected one of " + strings.Join(allowed, ", ")}
-		}
-		d.lines[name] = k.Line
-		if err := fn(k.Value, v); err != nil {
+		d.lines[join(field, e.Key.Value)] = e.Key.Line
+		if err := fn(e.Key.Value, e.Value); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (d *decoder) sequence(n *yaml.Node, field string, fn func(i int, item *yaml.Node) *posError) *posError {
+func (d *decoder) sequence(n *yaml.Node, field string, fn func(i int, item *yaml.Node) *yamlnode.Error) *yamlnode.Error {
 	if err := expectKind(n, field, yaml.SequenceNode, "a list"); err != nil {
 		return err
 	}
 	if len(n.Content) > MaxListLen {
-		return &posError{line: n.Line, field: field, problem: fmt.Sprintf("has %d entries; expected at most %d", len(n.Content), MaxListLen)}
+		return &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("has %d entries; expected at most %d", len(n.Content), MaxListLen)}
 	}
 	for i, item := range n.Content {
 		d.lines[fmt.Sprintf("%s[%d]", field, i)] = item.Line
@@ -334,9 +319,9 @@ func (d *decoder) sequence(n *yaml.Node, field string, fn func(i int, item *yaml
 	return nil
 }
 
-func (d *decoder) strList(n *yaml.Node, field string) ([]string, *posError) {
+func (d *decoder) strList(n *yaml.Node, field string) ([]string, *yamlnode.Error) {
 	var list []string
-	err := d.sequence(n, field, func(i int, item *yaml.Node) *posError {
+	err := d.sequence(n, field, func(i int, item *yaml.Node) *yamlnode.Error {
 		s, err := str(item, fmt.Sprintf("%s[%d]", field, i))
 		list = append(list, s)
 		return err
@@ -346,23 +331,20 @@ func (d *decoder) strList(n *yaml.Node, field string) ([]string, *posError) {
 
 // strMap reads a mapping of names to text; numbers and booleans as values
 // are taken as written (PORT: 8080), since env values and labels are text.
-func (d *decoder) strMap(n *yaml.Node, field string) (map[string]string, *posError) {
+func (d *decoder) strMap(n *yaml.Node, field string) (map[string]string, *yamlnode.Error) {
 	if err := expectKind(n, field, yaml.MappingNode, "a mapping of NAME: value"); err != nil {
 		return nil, err
 	}
 	if len(n.Content)/2 > MaxListLen {
-		return nil, &posError{line: n.Line, field: field, problem: fmt.Sprintf("has %d entries; expected at most %d", len(n.Content)/2, MaxListLen)}
+		return nil, &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("has %d entries; expected at most %d", len(n.Content)/2, MaxListLen)}
 	}
 	var m map[string]string
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
-			return nil, &posError{line: k.Line, field: field, problem: fmt.Sprintf("key %s is not a name; expected a plain name", describe(k))}
+	for _, e := range jobWords.Mapping(n, field, nil) {
+		if e.Err != nil {
+			return nil, e.Err
 		}
+		k, v := e.Key, e.Value
 		name := field + "." + printable(clip(k.Value))
-		if _, dup := m[k.Value]; dup {
-			return nil, &posError{line: k.Line, field: name, problem: "given twice; expected each key once"}
-		}
 		d.lines[name] = k.Line
 		if err := expectKind(v, name, yaml.ScalarNode, "a value"); err != nil {
 			return nil, err
@@ -370,7 +352,7 @@ func (d *decoder) strMap(n *yaml.Node, field string) (map[string]string, *posErr
 		switch v.ShortTag() {
 		case "!!str", "!!int", "!!float", "!!bool":
 		default:
-			return nil, &posError{line: v.Line, field: name, problem: fmt.Sprintf("got %s; expected text (quote it)", describe(v))}
+			return nil, &yamlnode.Error{Line: v.Line, Field: name, Msg: fmt.Sprintf("got %s; expected text (quote it)", describe(v))}
 		}
 		if m == nil {
 			m = map[string]string{}
@@ -380,53 +362,53 @@ func (d *decoder) strMap(n *yaml.Node, field string) (map[string]string, *posErr
 	return m, nil
 }
 
-func expectKind(n *yaml.Node, field string, kind yaml.Kind, want string) *posError {
+func expectKind(n *yaml.Node, field string, kind yaml.Kind, want string) *yamlnode.Error {
 	if n.Kind == yaml.AliasNode {
-		return &posError{line: n.Line, field: field, problem: "aliases (*name) are not supported; expected the value written out"}
+		return &yamlnode.Error{Line: n.Line, Field: field, Msg: "aliases (*name) are not supported; expected the value written out"}
 	}
 	if n.Kind != kind {
-		return &posError{line: n.Line, field: field, problem: fmt.Sprintf("got %s; expected %s", describe(n), want)}
+		return &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("got %s; expected %s", describe(n), want)}
 	}
 	return nil
 }
 
-func str(n *yaml.Node, field string) (string, *posError) {
+func str(n *yaml.Node, field string) (string, *yamlnode.Error) {
 	if err := expectKind(n, field, yaml.ScalarNode, "text"); err != nil {
 		return "", err
 	}
 	if n.ShortTag() != "!!str" {
-		return "", &posError{line: n.Line, field: field, problem: fmt.Sprintf("got %s; expected text (quote it)", describe(n))}
+		return "", &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("got %s; expected text (quote it)", describe(n))}
 	}
 	return n.Value, nil
 }
 
-func integer(n *yaml.Node, field string) (int64, *posError) {
+func integer(n *yaml.Node, field string) (int64, *yamlnode.Error) {
 	if err := expectKind(n, field, yaml.ScalarNode, "a whole number"); err != nil {
 		return 0, err
 	}
 	if n.ShortTag() != "!!int" {
-		return 0, &posError{line: n.Line, field: field, problem: fmt.Sprintf("got %s; expected a whole number", describe(n))}
+		return 0, &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("got %s; expected a whole number", describe(n))}
 	}
 	var v int64
 	if err := n.Decode(&v); err != nil {
-		return 0, &posError{line: n.Line, field: field, problem: fmt.Sprintf("%q is out of range; expected a smaller whole number", n.Value)}
+		return 0, &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("%q is out of range; expected a smaller whole number", n.Value)}
 	}
 	return v, nil
 }
 
-func boolean(n *yaml.Node, field string) (bool, *posError) {
+func boolean(n *yaml.Node, field string) (bool, *yamlnode.Error) {
 	if err := expectKind(n, field, yaml.ScalarNode, "true or false"); err != nil {
 		return false, err
 	}
 	var v bool
 	if n.ShortTag() != "!!bool" || n.Decode(&v) != nil {
-		return false, &posError{line: n.Line, field: field, problem: fmt.Sprintf("got %s; expected true or false", describe(n))}
+		return false, &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("got %s; expected true or false", describe(n))}
 	}
 	return v, nil
 }
 
 // quantity returns the text of a number or a string like "500m" or "1Gi".
-func quantity(n *yaml.Node, field string) (string, *posError) {
+func quantity(n *yaml.Node, field string) (string, *yamlnode.Error) {
 	if err := expectKind(n, field, yaml.ScalarNode, "an amount"); err != nil {
 		return "", err
 	}
@@ -434,7 +416,7 @@ func quantity(n *yaml.Node, field string) (string, *posError) {
 	case "!!str", "!!int", "!!float":
 		return n.Value, nil
 	}
-	return "", &posError{line: n.Line, field: field, problem: fmt.Sprintf("got %s; expected an amount like 500m, 0.5, 256Mi", describe(n))}
+	return "", &yamlnode.Error{Line: n.Line, Field: field, Msg: fmt.Sprintf("got %s; expected an amount like 500m, 0.5, 256Mi", describe(n))}
 }
 
 // describe names what a node is, for "got X; expected Y".
@@ -469,13 +451,4 @@ func join(field, key string) string {
 		return key
 	}
 	return field + "." + key
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

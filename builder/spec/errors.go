@@ -4,30 +4,21 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
-	"strings"
+
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
 // Error is one problem in a spec, rendered on one line as
-// FILE:LINE: FIELD: what is wrong; what is expected.
-// Callers can match it with errors.As to point at the spec themselves.
-type Error struct {
-	File    string
-	Line    int
-	Field   string // dotted path with 0-based indices, e.g. files[2].source; empty for document-level problems
-	Problem string
-}
-
-func (e *Error) Error() string {
-	if e.Field == "" {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Problem)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Problem)
-}
+// FILE:LINE: FIELD: what is wrong; what is expected. Field is a dotted path
+// with 0-based indices, e.g. files[2].source; empty for document-level
+// problems. Callers can match it with errors.As to point at the spec
+// themselves. It is the one error type of berth's strict YAML readers.
+type Error = yamlnode.Error
 
 // ErrorAt builds an error in the spec's own style, so that later stages
 // (the builder) can blame a line of the spec, e.g. a File's Line.
 func (s *Spec) ErrorAt(line int, field, format string, args ...any) *Error {
-	return &Error{File: s.Path, Line: line, Field: field, Problem: oneLine(fmt.Sprintf(format, args...))}
+	return &Error{File: s.Path, Line: line, Field: field, Msg: yamlnode.OneLine(fmt.Sprintf(format, args...))}
 }
 
 // problems collects every problem found while walking the document; only
@@ -38,7 +29,7 @@ type problems struct {
 }
 
 func (p *problems) add(line int, field, format string, args ...any) {
-	p.list = append(p.list, &Error{File: p.file, Line: line, Field: field, Problem: oneLine(fmt.Sprintf(format, args...))})
+	p.list = append(p.list, &Error{File: p.file, Line: line, Field: field, Msg: yamlnode.OneLine(fmt.Sprintf(format, args...))})
 }
 
 func (p *problems) first() error {
@@ -48,14 +39,6 @@ func (p *problems) first() error {
 	sort.SliceStable(p.list, func(i, j int) bool { return p.list[i].Line < p.list[j].Line })
 	return p.list[0]
 }
-
-// oneLine guarantees the one-line promise even if a message carries a
-// newline from somewhere unexpected (an OS error, a YAML message).
-func oneLine(s string) string {
-	return lineBreaks.Replace(s)
-}
-
-var lineBreaks = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ")
 
 // quote renders a user value for a message: quoted (so newlines and
 // control characters are escaped) and shortened.

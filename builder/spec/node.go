@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
 // decoder walks the yaml.Node tree with typed, strict decoding. yaml.v3's
@@ -33,7 +35,7 @@ type mapping struct {
 // for optional fields both mean "use the default".
 func (m mapping) get(key string) *yaml.Node {
 	e, ok := m.entries[key]
-	if !ok || isNull(e.value) {
+	if !ok || yamlnode.IsNull(e.value) {
 		return nil
 	}
 	return e.value
@@ -47,10 +49,6 @@ func (m mapping) keyLine(key string) int {
 		return e.key.Line
 	}
 	return m.line
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
 }
 
 // describe says what a node is, for "got X; expected Y" messages.
@@ -109,28 +107,31 @@ func (d *decoder) mapping(n *yaml.Node, field string, at int, expected string, a
 		d.add(n.Line, field, "got %s; expected %s", describe(n), expected)
 		return m, false
 	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			d.add(k.Line, field, "got %s as a key; expected a field name", describe(k))
+	for _, e := range specWords.Mapping(n, field, allowed) {
+		if e.Err != nil {
+			e.Err.File = d.problems.file
+			d.list = append(d.list, e.Err)
 			continue
 		}
-		if k.ShortTag() == "!!merge" {
-			d.add(k.Line, child(field, k.Value), "YAML merge keys are not supported; write the fields out in full")
-			continue
-		}
-		name := k.Value
-		if !contains(allowed, name) {
-			d.add(k.Line, child(field, name), "unknown field; expected one of %s", strings.Join(allowed, ", "))
-			continue
-		}
-		if first, dup := m.entries[name]; dup {
-			d.add(k.Line, child(field, name), "duplicate key (first set on line %d); expected each field once", first.key.Line)
-			continue
-		}
-		m.entries[name] = entry{key: k, value: v}
+		m.entries[e.Key.Value] = entry{key: e.Key, value: e.Value}
 	}
 	return m, true
+}
+
+// specWords are the spec's phrases for refused keys.
+var specWords = yamlnode.Words{
+	BadKey: func(field string, k *yaml.Node, _ []string) *yamlnode.Error {
+		return yamlnode.At(k, field, "got %s as a key; expected a field name", describe(k))
+	},
+	Merge: func(field string, k *yaml.Node) *yamlnode.Error {
+		return yamlnode.At(k, child(field, k.Value), "YAML merge keys are not supported; write the fields out in full")
+	},
+	Unknown: func(field string, k *yaml.Node, allowed []string) *yamlnode.Error {
+		return yamlnode.At(k, child(field, k.Value), "unknown field; expected one of %s", strings.Join(allowed, ", "))
+	},
+	Duplicate: func(field string, k *yaml.Node, first int) *yamlnode.Error {
+		return yamlnode.At(k, child(field, k.Value), "duplicate key (first set on line %d); expected each field once", first)
+	},
 }
 
 // required returns the value of a field that must be present.
@@ -140,7 +141,7 @@ func (d *decoder) required(m mapping, key string) *yaml.Node {
 	case !ok:
 		d.add(m.line, child(m.field, key), "required field is missing")
 		return nil
-	case isNull(e.value):
+	case yamlnode.IsNull(e.value):
 		d.add(e.key.Line, child(m.field, key), "required field has no value")
 		return nil
 	}
@@ -153,7 +154,7 @@ func (d *decoder) str(n *yaml.Node, field, expected string) (string, bool) {
 	if !d.usable(n, field) {
 		return "", false
 	}
-	if n.Kind != yaml.ScalarNode || isNull(n) {
+	if n.Kind != yaml.ScalarNode || yamlnode.IsNull(n) {
 		d.add(n.Line, field, "got %s; expected %s", describe(n), expected)
 		return "", false
 	}
