@@ -1,25 +1,64 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 
 	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // Files in the agent's data dir.
 const (
-	pkiDir        = "pki"
-	etcdDir       = "etcd"
-	tokenFile     = "token"
-	nodeStateFile = "node.json"
+	pkiDir    = "pki"
+	etcdDir   = "etcd"
+	tokenFile = "token"
+	// recordFile keeps its historical name: data dirs in the field have it.
+	recordFile = "node.json"
 )
 
-// nodeState is what a restart needs to come back in the same role.
-type nodeState struct {
+// dataDir is the agent's data directory: the record, the node's
+// certificates (and the CA key on voters), the join token and etcd's data.
+type dataDir string
+
+func (d dataDir) path(parts ...string) string {
+	return filepath.Join(append([]string{string(d)}, parts...)...)
+}
+
+// tlsInfo is the member's server and peer TLS: the node certificate,
+// client certificates required and checked against the cluster CA.
+func (d dataDir) tlsInfo() transport.TLSInfo {
+	return transport.TLSInfo{
+		CertFile:       d.path(pkiDir, "node.crt"),
+		KeyFile:        d.path(pkiDir, "node.key"),
+		TrustedCAFile:  d.path(pkiDir, "ca.crt"),
+		ClientCertAuth: true,
+	}
+}
+
+// clientTLS is the TLS of the node's etcd clients: etcd auth knows the
+// node by its certificate's CN.
+func (d dataDir) clientTLS() (*tls.Config, error) {
+	tlsCfg, err := transport.TLSInfo{
+		CertFile: d.path(pkiDir, "node.crt"), KeyFile: d.path(pkiDir, "node.key"),
+		TrustedCAFile: d.path(pkiDir, "ca.crt"),
+	}.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd client TLS: %w", err)
+	}
+	return tlsCfg, nil
+}
+
+// dataDirRecord is node.json in the data dir: what bootstrap, join or
+// rejoin decided, so that a restart comes back in the same role.
+type dataDirRecord struct {
 	Name string `json:"name"`
 	// Member is true for etcd members (voters and learners), false for clients.
 	Member bool `json:"member"`
@@ -38,35 +77,67 @@ type nodeState struct {
 	JoinURLs []string `json:"join_urls,omitempty"`
 }
 
-func (a *Agent) path(parts ...string) string {
-	return filepath.Join(append([]string{a.opts.DataDir}, parts...)...)
+func (r *dataDirRecord) clone() *dataDirRecord {
+	c := *r
+	c.Endpoints = slices.Clone(r.Endpoints)
+	c.JoinURLs = slices.Clone(r.JoinURLs)
+	return &c
 }
 
-func (a *Agent) loadNodeState() (*nodeState, error) {
-	data, err := os.ReadFile(a.path(nodeStateFile))
+// loadRecord reads the record; nil without error when there is none
+// (an empty or cleared data dir).
+func (d dataDir) loadRecord() (*dataDirRecord, error) {
+	data, err := os.ReadFile(d.path(recordFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read node state: %w", err)
+		return nil, fmt.Errorf("read data dir record: %w", err)
 	}
-	var st nodeState
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", a.path(nodeStateFile), err)
+	var r dataDirRecord
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", d.path(recordFile), err)
 	}
-	return &st, nil
+	return &r, nil
 }
 
-func (a *Agent) saveNodeState(st *nodeState) error {
-	data, err := json.MarshalIndent(st, "", "  ")
+// saveRecord replaces the record atomically: a crash never leaves a
+// half-written file that a restart would misread.
+func (d dataDir) saveRecord(r *dataDirRecord) error {
+	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encode node state: %w", err)
+		return fmt.Errorf("encode data dir record: %w", err)
 	}
-	return atomicfile.WriteFile(a.path(nodeStateFile), append(data, '\n'), 0o600)
+	if err := atomicfile.WriteFile(d.path(recordFile), append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save data dir record: %w", err)
+	}
+	return nil
 }
 
-// writeFileAtomic writes via a temporary file and rename, so a crash never
-// leaves a half-written file that a restart would misread.
+// recordStore is the running agent's copy of the record: the loops that
+// change it (promotion, join URLs) save it under one lock.
+type recordStore struct {
+	dir dataDir
+	mu  sync.Mutex
+	rec *dataDirRecord
+}
+
+// get returns a copy, safe to read while the loops update the record.
+func (s *recordStore) get() *dataDirRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rec.clone()
+}
+
+// update changes the record and saves it when change reports a change.
+func (s *recordStore) update(change func(r *dataDirRecord) bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !change(s.rec) {
+		return nil
+	}
+	return s.dir.saveRecord(s.rec)
+}
 
 func exists(path string) bool {
 	_, err := os.Stat(path)

@@ -2,8 +2,6 @@ package cluster
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,8 +15,9 @@ import (
 // exists Republish does nothing.
 func TestDrainingPublishedOnRepublish(t *testing.T) {
 	var draining atomic.Bool
-	a, err := New(Options{Name: "node-1", DataDir: t.TempDir(), ClientURL: "https://127.0.0.1:2379",
-		NodeTTL: 30 * time.Second, Draining: draining.Load, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	opts := testOptions(t, "node-1")
+	opts.NodeTTL, opts.Draining = 30*time.Second, draining.Load
+	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,14 +3,12 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -20,23 +18,14 @@ import (
 
 const callTimeout = 5 * time.Second
 
-func isAlreadyExists(err error) bool {
-	return errors.Is(err, rpctypes.ErrRoleAlreadyExist) || errors.Is(err, rpctypes.ErrUserAlreadyExist) ||
-		errors.Is(err, rpctypes.ErrGRPCRoleAlreadyExist) || errors.Is(err, rpctypes.ErrGRPCUserAlreadyExist)
-}
-
 // refreshRole reads this member's learner flag from the local membership
 // and, once promoted, lets the client use the local endpoint too.
 func (a *Agent) refreshRole(ctx context.Context) {
-	e := a.embedded()
-	if e == nil {
+	learner, known := a.member.learner()
+	if !known {
 		return
 	}
-	m := e.Server.Cluster().Member(e.Server.MemberID())
-	if m == nil {
-		return
-	}
-	if m.IsLearner {
+	if learner {
 		a.setRole(state.RoleLearner)
 		return
 	}
@@ -53,14 +42,14 @@ func (a *Agent) refreshRole(ctx context.Context) {
 	if eps := a.cli.Endpoints(); !slices.Contains(eps, a.opts.ClientURL) {
 		a.cli.SetEndpoints(append(slices.Clone(eps), a.opts.ClientURL)...)
 	}
-	a.mu.Lock()
-	if !slices.Contains(a.st.Endpoints, a.opts.ClientURL) {
-		a.st.Endpoints = append(a.st.Endpoints, a.opts.ClientURL)
-	}
-	err := a.saveNodeState(a.st)
-	a.mu.Unlock()
+	err := a.records.update(func(r *dataDirRecord) bool {
+		if !slices.Contains(r.Endpoints, a.opts.ClientURL) {
+			r.Endpoints = append(r.Endpoints, a.opts.ClientURL)
+		}
+		return true
+	})
 	if err != nil {
-		a.log.Warn("cannot save node state", "err", err)
+		a.log.Warn("cannot save the data dir record", "err", err)
 	}
 	if p := a.publisher(); p != nil {
 		p.Trigger()
@@ -80,8 +69,7 @@ func (a *Agent) memberLoop(ctx context.Context) {
 		case <-tick.C:
 		}
 		a.refreshRole(ctx)
-		e := a.embedded()
-		if e == nil || e.Server.Leader() != e.Server.MemberID() {
+		if !a.member.leads() {
 			clocks = MemberClocks{} // a new leader watches from scratch: no stale clocks
 			continue
 		}
@@ -115,7 +103,7 @@ func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 	for _, m := range list.Members {
 		byID[m.ID] = m
 	}
-	in := MembershipInput{Now: time.Now(), DeadAfter: a.opts.DeadAfter, Self: uint64(a.embedded().Server.MemberID()),
+	in := MembershipInput{Now: time.Now(), DeadAfter: a.opts.DeadAfter, Self: a.member.id(),
 		Members: memberInfos(list.Members), Alive: alive, RebootHolders: holders, Clocks: *clocks}
 	plan := DecideMembers(in)
 	if len(plan.Probe) > 0 {
@@ -137,7 +125,7 @@ func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 		m := byID[act.ID]
 		switch act.Kind {
 		case MemberPromote:
-			local, err := a.localClient()
+			local, err := a.member.localClient()
 			if err != nil {
 				return err
 			}
@@ -388,10 +376,10 @@ func (a *Agent) becomeMember(ctx context.Context) error {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 	}
-	a.mu.Lock()
-	a.st.Member, a.st.InitialCluster, a.st.ClusterState = true, initial, embed.ClusterStateFlagExisting
-	err := a.saveNodeState(a.st)
-	a.mu.Unlock()
+	err := a.records.update(func(r *dataDirRecord) bool {
+		r.Member, r.InitialCluster, r.ClusterState = true, initial, embed.ClusterStateFlagExisting
+		return true
+	})
 	if err != nil {
 		return err
 	}
@@ -402,9 +390,10 @@ func (a *Agent) becomeMember(ctx context.Context) error {
 	a.updateRoleEntry(cctx, a.opts.Name, state.RoleLearner)
 	_, _ = a.cli.Delete(cctx, state.PromoteKey(a.opts.Name))
 	cancel()
-	if err := a.startEtcd(ctx); err != nil {
+	if err := a.member.start(ctx, a.records.get()); err != nil {
 		return err
 	}
+	etcdErr, _ := a.member.failed()
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	loopDone := make(chan struct{})
@@ -413,7 +402,7 @@ func (a *Agent) becomeMember(ctx context.Context) error {
 		a.memberLoop(lctx)
 	}()
 	select {
-	case err := <-a.embedded().Err():
+	case err := <-etcdErr:
 		a.etcdDown.Store(true)
 		stop()
 		<-loopDone

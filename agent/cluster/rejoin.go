@@ -33,17 +33,18 @@ func isRemovedMember(err error) bool {
 	return errors.Is(err, errMemberRemoved) || strings.Contains(err.Error(), "permanently removed from the cluster")
 }
 
-// prepareRejoin writes rejoin.json, then removes the node's cluster data
-// (etcd data, certificates, node state, token) in an order that leaves a
-// data dir the next start understands at every step.
-func (a *Agent) prepareRejoin() error {
-	token, err := os.ReadFile(a.path(tokenFile))
+// clearForRejoin writes rejoin.json, then removes the node's cluster data
+// (etcd data, certificates, record, token) in an order that leaves a data
+// dir the next start understands at every step. rec is the record the
+// agent ran with (nil if it had none yet).
+func (p *provisioner) clearForRejoin(rec *dataDirRecord) error {
+	token, err := os.ReadFile(p.dir.path(tokenFile))
 	if err != nil {
 		return fmt.Errorf("read token: %w", err)
 	}
-	join := slices.Clone(a.opts.Join)
-	if a.st != nil {
-		for _, u := range a.st.JoinURLs {
+	join := slices.Clone(p.join)
+	if rec != nil {
+		for _, u := range rec.JoinURLs {
 			if !slices.Contains(join, u) {
 				join = append(join, u)
 			}
@@ -53,40 +54,40 @@ func (a *Agent) prepareRejoin() error {
 		return errors.New("no other agent is known to join through (set join in the configuration)")
 	}
 	data, _ := json.Marshal(rejoinInfo{Join: join, Token: strings.TrimSpace(string(token))})
-	if err := atomicfile.WriteFile(a.path(rejoinFile), data, 0o600); err != nil {
-		return err
+	if err := atomicfile.WriteFile(p.dir.path(rejoinFile), data, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", rejoinFile, err)
 	}
-	for _, p := range []string{nodeStateFile, etcdDir, pkiDir, tokenFile} {
-		if err := os.RemoveAll(a.path(p)); err != nil {
-			return err
+	for _, name := range []string{recordFile, etcdDir, pkiDir, tokenFile} {
+		if err := os.RemoveAll(p.dir.path(name)); err != nil {
+			return fmt.Errorf("clear data dir: %w", err)
 		}
 	}
-	a.log.Warn("removed from the cluster: cluster data cleared, the next start joins again", "via", join)
+	p.log.Warn("removed from the cluster: cluster data cleared, the next start joins again", "via", join)
 	return nil
 }
 
 // rejoin joins with rejoin.json's token and agents, then forgets the file.
-func (a *Agent) rejoin(ctx context.Context) (*nodeState, error) {
-	data, err := os.ReadFile(a.path(rejoinFile))
+func (p *provisioner) rejoin(ctx context.Context) (*dataDirRecord, error) {
+	data, err := os.ReadFile(p.dir.path(rejoinFile))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("rejoin: %w", err)
 	}
 	var info rejoinInfo
 	if err := json.Unmarshal(data, &info); err != nil {
-		return nil, fmt.Errorf("%s: %w", a.path(rejoinFile), err)
+		return nil, fmt.Errorf("%s: %w", p.dir.path(rejoinFile), err)
 	}
-	a.opts.Join, a.opts.Token = info.Join, info.Token
-	st, err := a.join(ctx)
+	p.join, p.token = info.Join, info.Token
+	rec, err := p.joinCluster(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(a.path(rejoinFile)); err != nil {
-		return nil, err
+	if err := os.Remove(p.dir.path(rejoinFile)); err != nil {
+		return nil, fmt.Errorf("rejoin: %w", err)
 	}
-	return st, nil
+	return rec, nil
 }
 
-// recordJoinURLs keeps the other agents' API URLs in the node state, so a
+// recordJoinURLs keeps the other agents' API URLs in the data-dir record, so a
 // node removed while it was down knows where to join again.
 func (a *Agent) recordJoinURLs(ctx context.Context) {
 	tick := time.NewTicker(30 * time.Second)
@@ -105,15 +106,16 @@ func (a *Agent) recordJoinURLs(ctx context.Context) {
 				}
 			}
 			slices.Sort(urls)
-			a.mu.Lock()
-			changed := !slices.Equal(urls, a.st.JoinURLs)
-			if changed {
-				a.st.JoinURLs = urls
-				if err := a.saveNodeState(a.st); err != nil {
-					a.log.Warn("save known agents", "err", err)
+			err := a.records.update(func(r *dataDirRecord) bool {
+				if slices.Equal(urls, r.JoinURLs) {
+					return false
 				}
+				r.JoinURLs = urls
+				return true
+			})
+			if err != nil {
+				a.log.Warn("save known agents", "err", err)
 			}
-			a.mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():

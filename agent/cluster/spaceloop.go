@@ -15,13 +15,6 @@ import (
 	"github.com/berth-os/berth/agent/state"
 )
 
-// Defaults of the space settings; agent/config documents them.
-const (
-	DefaultQuotaBytes          = 2 << 30
-	DefaultCompactionRetention = 5 * time.Minute
-	DefaultDefragInterval      = time.Hour
-)
-
 const (
 	// How often an agent looks at etcd's space and alarms. Members ask
 	// their own member (local, cheap); clients ask one endpoint, less often,
@@ -58,7 +51,7 @@ func (a *Agent) spaceLoop(ctx context.Context) {
 	acted := false
 	for {
 		interval := clientSpaceCheck
-		if a.embedded() != nil {
+		if a.member.running() {
 			interval = memberSpaceCheck
 		}
 		if acted {
@@ -86,9 +79,9 @@ func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) (acted bool,
 	}
 	alarm := hasNoSpace(status.Errors)
 	a.noteAlarm(st, alarm)
-	e := a.embedded()
+	member := a.member.running()
 	space := ""
-	if e != nil && status.DbSize*spaceLowDen >= a.opts.QuotaBytes*spaceLowNum {
+	if member && status.DbSize*spaceLowDen >= a.opts.QuotaBytes*spaceLowNum {
 		space = state.SpaceLow
 	}
 	if alarm {
@@ -101,7 +94,7 @@ func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) (acted bool,
 		}
 		a.Republish()
 	}
-	if e == nil || e.Server.Leader() != e.Server.MemberID() {
+	if !a.member.leads() {
 		st.leaderSince = time.Time{}
 		return false, nil
 	}
@@ -116,8 +109,8 @@ func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) (acted bool,
 func (a *Agent) ownStatus(ctx context.Context) (*clientv3.StatusResponse, error) {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	if a.embedded() != nil {
-		local, err := a.localClient()
+	if a.member.running() {
+		local, err := a.member.localClient()
 		if err != nil {
 			return nil, err
 		}
@@ -173,7 +166,7 @@ func (a *Agent) spaceStep(ctx context.Context, st *spaceLoopState, alarm bool, r
 			return false, fmt.Errorf("reboot slot holders: %w", err)
 		}
 	}
-	leader := uint64(a.embedded().Server.Leader())
+	leader := a.member.leader()
 	view := SpaceView{Now: time.Now(), LeaderSince: st.leaderSince, Alarm: alarm, Revision: rev, CompactedTo: st.compactedTo}
 	for _, m := range list.Members {
 		ms := MemberSpace{ID: m.ID, Name: m.Name, Leader: m.ID == leader, Learner: m.IsLearner,

@@ -1,0 +1,50 @@
+package cluster
+
+import (
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/berth-os/berth/agent/state"
+)
+
+// newPublisher is the node document's publisher, collecting the agent's
+// role, readiness and etcd space with what Options adds.
+func (a *Agent) newPublisher() *state.Publisher {
+	c := a.opts.Collector
+	if c == nil {
+		host := a.opts.ClientURL
+		if u, err := url.Parse(a.opts.ClientURL); err == nil {
+			host = u.Hostname()
+		}
+		c = &state.Collector{
+			Name: a.opts.Name, Addresses: []string{host}, ClientURL: a.opts.ClientURL,
+			AgentVersion: a.opts.AgentVersion, Started: time.Now(), Log: a.log,
+			Labels: a.opts.Labels, Containers: a.opts.Containers,
+		}
+	}
+	var mu sync.Mutex // the publisher may collect from more than one goroutine
+	collect := func() state.Node {
+		mu.Lock()
+		defer mu.Unlock()
+		c.Role = a.Role()
+		if c.ClientURL == "" {
+			c.ClientURL = a.opts.ClientURL
+		}
+		if c.Ready == nil {
+			c.Ready = a.Ready
+		}
+		if c.Draining == nil {
+			c.Draining = a.opts.Draining
+		}
+		if c.EtcdSpace == nil {
+			c.EtcdSpace = a.Space
+		}
+		return c.Collect()
+	}
+	p := state.NewPublisher(a.cli, a.opts.Name, collect, a.opts.NodeTTL)
+	p.Interval = a.opts.NodeRefresh
+	p.Log = a.log
+	p.OnWrite = func(reason string) { nodeWritesTotal.WithLabelValues(reason).Inc() }
+	return p
+}
