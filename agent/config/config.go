@@ -83,7 +83,8 @@ type Config struct {
 // RunContainers reports whether this node runs containers (default true).
 func (c *Config) RunContainers() bool { return c.Containers == nil || *c.Containers }
 
-// setDefaults fills every unset setting that has a fixed default.
+// setDefaults fills every unset setting that has a fixed default. These
+// are the only defaults: cluster.New refuses a zero setting.
 func (c *Config) setDefaults() {
 	str := func(p *string, v string) {
 		if *p == "" {
@@ -111,7 +112,7 @@ func (c *Config) setDefaults() {
 	}
 	dur(&c.CompactionRetention, 5*time.Minute)
 	dur(&c.DefragInterval, time.Hour)
-	dur(&c.NodeRefresh, 5*time.Minute)
+	dur(&c.NodeRefresh, state.DefaultRefresh)
 	dur(&c.RescheduleGrace, 10*time.Second)
 	str(&c.StateDir, "/var/lib/berth")
 	str(&c.Bridge, "berth0")

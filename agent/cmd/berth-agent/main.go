@@ -93,20 +93,13 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	if underJournal {
 		etcdLog = "systemd/journal"
 	}
-	opts := cluster.Options{
-		Name: cfg.Name, DataDir: cfg.DataDir,
-		PeerURL: cfg.PeerURL, ClientURL: cfg.ClientURL, APIURL: cfg.APIURL,
-		Join: cfg.Join, Token: cfg.Token, Voters: cfg.Voters,
-		DeadAfter: cfg.DeadAfter.Duration, NodeTTL: cfg.NodeTTL.Duration,
-		HeartbeatInterval: cfg.HeartbeatInterval.Duration, ElectionTimeout: cfg.ElectionTimeout.Duration,
-		EtcdLogLevel: cfg.EtcdLogLevel, EtcdLogOutput: etcdLog,
-		AgentVersion: version, Log: log, Labels: cfg.Labels,
-		QuotaBytes: cfg.EtcdQuota.Bytes, CompactionRetention: cfg.CompactionRetention.Duration,
-		DefragInterval: cfg.DefragInterval.Duration, NodeRefresh: cfg.NodeRefresh.Duration,
-		// A voter rebooting for a rollout is neither defragmented nor
-		// removed by self-healing.
-		RebootSlotHolders: rollout.SlotHolders,
-	}
+	opts := cluster.OptionsFrom(cfg)
+	opts.EtcdLogOutput = etcdLog
+	opts.AgentVersion = version
+	opts.Log = log
+	// A voter rebooting for a rollout is neither defragmented nor removed
+	// by self-healing.
+	opts.RebootSlotHolders = rollout.SlotHolders
 	if err := workloads(cfg, &opts, log); err != nil {
 		return err
 	}
