@@ -8,6 +8,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/berth-os/berth/agent/config"
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
 // agentHeader starts every agent.yaml this package writes; a file without
@@ -19,7 +20,7 @@ const agentHeader = "# Written by berth-node-config from node.yaml at every boot
 // its agent would refuse. Errors point at node.yaml's lines.
 func (p *parser) agent(key, v *yaml.Node, name string) {
 	if v.Kind != yaml.MappingNode {
-		if isNull(v) {
+		if yamlnode.IsNull(v) {
 			p.fail(v.Line, "agent: is empty (leave it out to keep the agent off)")
 		} else {
 			p.fail(v.Line, "agent: must be a mapping of berth-agent settings (voters:, join:, token:, ...)")
@@ -83,7 +84,7 @@ func (p *parser) agentProblems(msg string, key, v *yaml.Node, lines map[int]int)
 	setting, _, _ = strings.Cut(setting, "/") // "peer-url/client-url/api-url"
 	yamlKey := strings.ReplaceAll(strings.TrimSpace(setting), "-", "_")
 	for i := 0; i+1 < len(v.Content); i += 2 {
-		if k := deref(v.Content[i]); k.Value == yamlKey {
+		if k := yamlnode.Deref(v.Content[i]); k.Value == yamlKey {
 			line = k.Line
 		}
 	}
@@ -92,7 +93,7 @@ func (p *parser) agentProblems(msg string, key, v *yaml.Node, lines map[int]int)
 
 func hasKey(m *yaml.Node, name string) bool {
 	for i := 0; i+1 < len(m.Content); i += 2 {
-		if deref(m.Content[i]).Value == name {
+		if yamlnode.Deref(m.Content[i]).Value == name {
 			return true
 		}
 	}
@@ -102,7 +103,7 @@ func hasKey(m *yaml.Node, name string) bool {
 // mapLines records, for each node of the re-parsed rendering, the line of
 // the same node in the source; both trees have the same shape.
 func mapLines(rendered, source *yaml.Node, lines map[int]int) {
-	source = deref(source)
+	source = yamlnode.Deref(source)
 	if _, seen := lines[rendered.Line]; !seen && source.Line != 0 {
 		lines[rendered.Line] = source.Line
 	}

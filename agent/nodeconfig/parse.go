@@ -9,39 +9,20 @@
 package nodeconfig
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/berth-os/berth/internal/yamlnode"
 )
 
-// Problem is one error in a node configuration.
-type Problem struct {
-	Line int // line in the file, 0 when the error concerns the whole file
-	Msg  string
-}
-
-func (p Problem) String() string {
-	if p.Line == 0 {
-		return p.Msg
-	}
-	return fmt.Sprintf("%d: %s", p.Line, p.Msg)
-}
-
-// In formats the problem as found in file: "FILE:LINE: ..." (or
-// "FILE: ..." without a line).
-func (p Problem) In(file string) string {
-	if p.Line == 0 {
-		return file + ": " + p.Msg
-	}
-	return fmt.Sprintf("%s:%d: %s", file, p.Line, p.Msg)
-}
+// Problem is one error in a node configuration, at a line of the file (0
+// when it concerns the whole file); In names the file. Its Msg carries the
+// setting's path, e.g. "network.interfaces[0]: needs name: ...".
+type Problem = yamlnode.Error
 
 // Config is the valid part of a node configuration. Sections with errors
 // are marked invalid and carry nothing, so applying them changes nothing
@@ -95,33 +76,24 @@ func Parse(data []byte, currentHostname string) (*Config, []Problem) {
 		p.failFile(0, fmt.Sprintf("file is %d bytes; a node configuration is at most %d", len(data), maxFileBytes))
 		return p.cfg, p.problems
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			p.cfg.parsed = true
-			return p.cfg, nil // empty file: every default
-		}
-		p.failFile(yamlErrorLine(err), "not valid YAML: "+yamlErrorText(err))
-		return p.cfg, p.problems
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		line := extra.Line
-		if err != nil {
-			line = yamlErrorLine(err)
-		}
-		p.failFile(line, "only one YAML document is allowed")
-		return p.cfg, p.problems
-	}
-	root := deref(&doc)
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = deref(root.Content[0])
-	}
-	if isNull(root) {
+	root, err := yamlnode.Decode(data)
+	var extra *yamlnode.ExtraDocumentError
+	var syntax *yamlnode.SyntaxError
+	switch {
+	case errors.Is(err, yamlnode.ErrEmpty):
 		p.cfg.parsed = true
-		return p.cfg, nil // a file holding only comments
+		return p.cfg, nil // empty, or only comments: every default
+	case errors.As(err, &extra):
+		p.failFile(extra.Line, "only one YAML document is allowed")
+		return p.cfg, p.problems
+	case errors.As(err, &syntax):
+		p.failFile(syntax.Line, "not valid YAML: "+syntax.Msg)
+		return p.cfg, p.problems
+	case err != nil:
+		p.failFile(0, "not valid YAML: "+yamlnode.OneLine(err.Error()))
+		return p.cfg, p.problems
 	}
+	root = yamlnode.Deref(root)
 	if root.Kind != yaml.MappingNode {
 		p.failFile(root.Line, "the file must be a mapping of settings (hostname:, network:, ...)")
 		return p.cfg, p.problems
@@ -157,7 +129,7 @@ func (p *parser) failed(check func()) bool {
 func (p *parser) top(m *yaml.Node, currentHostname string) {
 	p.cfg.parsed = true
 	var agentKey, agentVal *yaml.Node
-	for _, kv := range p.pairs(m, "") {
+	for _, kv := range p.pairs(m, "", "hostname", "ssh_authorized_keys", "network", "agent") {
 		switch kv.key.Value {
 		case "hostname":
 			p.failed(func() { p.hostname(kv.val) })
@@ -172,8 +144,6 @@ func (p *parser) top(m *yaml.Node, currentHostname string) {
 			}
 		case "agent":
 			agentKey, agentVal = kv.key, kv.val
-		default:
-			p.fail(kv.key.Line, fmt.Sprintf("unknown setting %q (known: hostname, ssh_authorized_keys, network, agent)", kv.key.Value))
 		}
 	}
 	// The agent section last: its name defaults to the host name set above.
@@ -192,23 +162,40 @@ func (p *parser) top(m *yaml.Node, currentHostname string) {
 
 type pair struct{ key, val *yaml.Node }
 
-// pairs returns a mapping's entries, reporting duplicate and non-string
-// keys. where prefixes messages ("network.interfaces[0]").
-func (p *parser) pairs(m *yaml.Node, where string) []pair {
+// nodeWords are node.yaml's phrases for refused keys. Aliases are followed
+// (a node file may share a value), and every message carries the setting's
+// path itself, so Field stays empty.
+var nodeWords = yamlnode.Words{
+	FollowAliases: true,
+	BadKey: func(field string, k *yaml.Node, _ []string) *yamlnode.Error {
+		return &yamlnode.Error{Line: k.Line, Msg: prefix(field, ".") + "keys must be plain names"}
+	},
+	Unknown: func(field string, k *yaml.Node, allowed []string) *yamlnode.Error {
+		return &yamlnode.Error{Line: k.Line, Msg: fmt.Sprintf("%sunknown setting %q (known: %s)", prefix(field, ": "), k.Value, strings.Join(allowed, ", "))}
+	},
+	Duplicate: func(field string, k *yaml.Node, first int) *yamlnode.Error {
+		return &yamlnode.Error{Line: k.Line, Msg: fmt.Sprintf("%s%s is set twice (first at line %d)", prefix(field, "."), k.Value, first)}
+	},
+}
+
+// prefix is field followed by sep, or nothing at the top of the file.
+func prefix(field, sep string) string {
+	if field == "" {
+		return ""
+	}
+	return field + sep
+}
+
+// pairs returns a mapping's allowed entries, reporting unknown, duplicate
+// and non-string keys. field names the mapping ("network.interfaces[0]").
+func (p *parser) pairs(m *yaml.Node, field string, allowed ...string) []pair {
 	var out []pair
-	seen := map[string]int{}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		k, v := deref(m.Content[i]), deref(m.Content[i+1])
-		if k.Kind != yaml.ScalarNode {
-			p.fail(k.Line, where+"keys must be plain names")
+	for _, e := range nodeWords.Mapping(m, field, allowed) {
+		if e.Err != nil {
+			p.problems = append(p.problems, *e.Err)
 			continue
 		}
-		if first, dup := seen[k.Value]; dup {
-			p.fail(k.Line, fmt.Sprintf("%s%s is set twice (first at line %d)", where, k.Value, first))
-			continue
-		}
-		seen[k.Value] = k.Line
-		out = append(out, pair{k, v})
+		out = append(out, pair{e.Key, e.Value})
 	}
 	return out
 }
@@ -251,11 +238,7 @@ func (p *parser) network(v *yaml.Node) {
 	}
 	n := &Network{}
 	var interfaces *yaml.Node
-	for _, kv := range p.pairs(v, "network.") {
-		if kv.key.Value != "interfaces" {
-			p.fail(kv.key.Line, fmt.Sprintf("network: unknown setting %q (known: interfaces)", kv.key.Value))
-			continue
-		}
+	for _, kv := range p.pairs(v, "network", "interfaces") {
 		interfaces = kv.val
 		items, ok := p.seq(kv.val, "network.interfaces")
 		if !ok {
@@ -286,7 +269,7 @@ func (p *parser) iface(v *yaml.Node, where string) (Interface, bool) {
 	var ifc Interface
 	var dhcpSet bool
 	bad := p.failed(func() {
-		for _, kv := range p.pairs(v, where+".") {
+		for _, kv := range p.pairs(v, where, "name", "mac", "dhcp", "addresses", "gateway4", "gateway6", "dns") {
 			field := where + "." + kv.key.Value
 			switch kv.key.Value {
 			case "name":
@@ -356,8 +339,6 @@ func (p *parser) iface(v *yaml.Node, where string) (Interface, bool) {
 					}
 					ifc.DNS = append(ifc.DNS, a)
 				}
-			default:
-				p.fail(kv.key.Line, fmt.Sprintf("%s: unknown setting %q (known: name, mac, dhcp, addresses, gateway4, gateway6, dns)", where, kv.key.Value))
 			}
 		}
 	})
@@ -399,42 +380,9 @@ func (p *parser) seq(v *yaml.Node, what string) ([]*yaml.Node, bool) {
 	}
 	out := make([]*yaml.Node, len(v.Content))
 	for i, c := range v.Content {
-		out[i] = deref(c)
+		out[i] = yamlnode.Deref(c)
 	}
 	return out, true
-}
-
-func deref(n *yaml.Node) *yaml.Node {
-	for n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == 0 || (n.Kind == yaml.ScalarNode && n.Tag == "!!null")
-}
-
-var yamlLineRE = regexp.MustCompile(`line (\d+)`)
-
-// yamlErrorLine finds the first "line N" in a yaml.v3 error.
-func yamlErrorLine(err error) int {
-	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		return n
-	}
-	return 0
-}
-
-// yamlErrorText is err on one line without the "yaml: line N:" prefix
-// that the caller reports as FILE:LINE.
-func yamlErrorText(err error) string {
-	s := strings.Join(strings.Fields(err.Error()), " ")
-	s = strings.TrimPrefix(s, "yaml: ")
-	if loc := yamlLineRE.FindStringIndex(s); loc != nil && loc[0] == 0 {
-		s = strings.TrimPrefix(strings.TrimSpace(s[loc[1]:]), ":")
-	}
-	return strings.TrimSpace(s)
 }
 
 func sortProblems(ps []Problem) {
