@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 const callTimeout = 5 * time.Second
@@ -306,77 +308,89 @@ func (a *Agent) updateRoleEntry(ctx context.Context, name, role string) {
 // node's promote key appears), the node adds itself as a learner and starts
 // an etcd member.
 func (a *Agent) watchPromotion(ctx context.Context) error {
+	// A broken watch is watched again after about a second, until ctx ends.
+	err := retry.Do(ctx, retry.Policy{Initial: time.Second, Max: time.Second}, func() error { return a.waitAsked(ctx) })
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("watch promotion: %w", err)
+	}
+	return a.becomeMember(ctx)
+}
+
+// waitAsked returns nil once this node's promote key exists, an error when
+// the watch broke first.
+func (a *Agent) waitAsked(ctx context.Context) error {
 	key := state.PromoteKey(a.opts.Name)
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := a.cli.Watch(wctx, key)
+	gctx, gcancel := context.WithTimeout(ctx, callTimeout)
+	got, err := a.cli.Get(gctx, key)
+	gcancel()
+	if err == nil && len(got.Kvs) > 0 {
+		return nil
+	}
 	for {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := a.cli.Watch(wctx, key)
-		gctx, gcancel := context.WithTimeout(ctx, callTimeout)
-		got, err := a.cli.Get(gctx, key)
-		gcancel()
-		asked := err == nil && len(got.Kvs) > 0
-		for !asked {
-			select {
-			case <-ctx.Done():
-				cancel()
-				return nil
-			case resp, ok := <-wch:
-				if !ok || resp.Err() != nil {
-					asked = false
-					goto retry
-				}
-				for _, ev := range resp.Events {
-					if ev.Type == clientv3.EventTypePut {
-						asked = true
-					}
-				}
-			}
-		}
-		cancel()
-		return a.becomeMember(ctx)
-	retry:
-		cancel()
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
+			return ctx.Err()
+		case resp, ok := <-wch:
+			if !ok {
+				return errors.New("promotion watch closed")
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("promotion watch: %w", err)
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypePut {
+					return nil
+				}
+			}
 		}
 	}
 }
 
-func (a *Agent) becomeMember(ctx context.Context) error {
-	a.log.Info("asked to become a member: joining as learner")
-	var initial string
-	backoff := 500 * time.Millisecond
-	for {
-		cctx, cancel := context.WithTimeout(ctx, callTimeout)
-		added, err := a.cli.MemberAddAsLearner(cctx, []string{a.opts.PeerURL})
-		cancel()
-		if err == nil {
-			var parts []string
-			for _, m := range added.Members {
-				name := m.Name
-				switch {
-				case m.ID == added.Member.ID:
-					name = a.opts.Name
-				case name == "":
-					name = fmt.Sprintf("unstarted-%x", m.ID)
-				}
-				for _, u := range m.PeerURLs {
-					parts = append(parts, name+"="+u)
-				}
-			}
-			initial = strings.Join(parts, ",")
-			break
+// learnerInitialCluster is etcd's initial-cluster for the learner that
+// resp added as self: members that never started have no name yet.
+func learnerInitialCluster(resp *clientv3.MemberAddResponse, self string) string {
+	var parts []string
+	for _, m := range resp.Members {
+		name := m.Name
+		switch {
+		case m.ID == resp.Member.ID:
+			name = self
+		case name == "":
+			name = fmt.Sprintf("unstarted-%x", m.ID)
 		}
-		a.log.Debug("add self as learner failed, retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-			backoff = min(backoff*2, 5*time.Second)
+		for _, u := range m.PeerURLs {
+			parts = append(parts, name+"="+u)
 		}
 	}
-	err := a.records.update(func(r *dataDirRecord) bool {
+	return strings.Join(parts, ",")
+}
+
+func (a *Agent) becomeMember(ctx context.Context) error {
+	a.log.Info("asked to become a member: joining as learner")
+	added, err := retry.Get(ctx, retry.Policy{
+		Initial: 500 * time.Millisecond, Max: 5 * time.Second,
+		OnRetry: func(err error, wait time.Duration) {
+			a.log.Debug("add self as learner failed, retrying", "err", err, "in", wait)
+		},
+	}, func() (*clientv3.MemberAddResponse, error) {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+		return a.cli.MemberAddAsLearner(cctx, []string{a.opts.PeerURL})
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("add self as learner: %w", err)
+	}
+	initial := learnerInitialCluster(added, a.opts.Name)
+	err = a.records.update(func(r *dataDirRecord) bool {
 		r.Member, r.InitialCluster, r.ClusterState = true, initial, embed.ClusterStateFlagExisting
 		return true
 	})
