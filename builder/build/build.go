@@ -102,6 +102,10 @@ func Preflight(s *spec.Spec, o Options, cachedBase bool) error {
 			return fmt.Errorf("%s not found: install the %s package (make deps)", t, tools[t])
 		}
 	}
+	// The filesystem tools of the disk image.
+	if err := disk.CheckTools(); err != nil {
+		return err
+	}
 	if o.SigningKey != "" {
 		if _, err := payload.LoadPrivateKey(o.SigningKey); err != nil {
 			return fmt.Errorf("signing key: %w; make one with berth-build keygen", err)

@@ -3,9 +3,10 @@
 // squashfs; slot B of the same size left empty; and an empty ext4 state
 // partition. The image is reproducible: the same Spec gives the same bytes.
 //
-// The GPT, the FAT32 and the ext4 are written with go-diskfs. Its output is
-// finished by small repair passes (fat.go, ext4.go) that fix known defects
-// and pin every timestamp and random field to values taken from the Spec.
+// The GPT is written with go-diskfs. The FAT32 (mkfs.vfat and mtools,
+// fat.go) and the ext4 (mke2fs, ext4.go) are made by the standard tools in
+// files of their own, with every timestamp, serial and seed taken from the
+// Spec, and copied into their partitions.
 package disk
 
 import (
@@ -13,7 +14,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -35,11 +38,11 @@ const (
 	// gptReserve is the space before the first partition (protective MBR,
 	// primary GPT, padding to 1 MiB) and after the last (backup GPT).
 	gptReserve = MiB
-	// MinESPSize is the smallest ESP that go-diskfs lays out as a valid
-	// FAT32: with its 512-byte clusters, 32 MiB gives fewer than the 65525
+	// MinESPSize is the smallest ESP that mkfs.vfat makes a proper FAT32
+	// of: with 512-byte clusters, 32 MiB gives fewer than the 65525
 	// clusters that define FAT32.
 	MinESPSize = 33 * MiB
-	// minStateSize keeps the ext4 large enough for go-diskfs' journal.
+	// minStateSize keeps the ext4 large enough for a journal of its own.
 	minStateSize = 16 * MiB
 )
 
@@ -105,12 +108,40 @@ func plan(s Spec) []partitionPlan {
 	return parts
 }
 
+// Tools are the programs Write runs, with the Debian package of each.
+var Tools = map[string]string{
+	"mkfs.vfat": "dosfstools",
+	"mlabel":    "mtools",
+	"mmd":       "mtools",
+	"mcopy":     "mtools",
+	"mke2fs":    "e2fsprogs",
+}
+
+// CheckTools says which of Tools is missing and how to install it.
+func CheckTools() error {
+	names := make([]string, 0, len(Tools))
+	for t := range Tools {
+		names = append(names, t)
+	}
+	sort.Strings(names)
+	for _, t := range names {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Errorf("%s not found: install the %s package (make deps)", t, Tools[t])
+		}
+	}
+	return nil
+}
+
 // Write builds the image at path, replacing any file there. The caller
 // writes to a temporary name and renames. progress, if not nil, is called
-// with bytes done and total while the slot content is copied.
+// with bytes done and total while the slot content is copied. The
+// filesystems are made in a temporary directory beside path.
 func Write(path string, s Spec, progress func(done, total int64)) (err error) {
 	files, err := validate(s)
 	if err != nil {
+		return err
+	}
+	if err := CheckTools(); err != nil {
 		return err
 	}
 	slot, slotSize, err := openSlot(s)
@@ -133,6 +164,11 @@ func Write(path string, s Spec, progress func(done, total int64)) (err error) {
 	if err := f.Truncate(Size(s)); err != nil {
 		return fmt.Errorf("size disk image to %d bytes: %w", Size(s), err)
 	}
+	work, err := os.MkdirTemp(filepath.Dir(path), ".berth-disk-")
+	if err != nil {
+		return fmt.Errorf("work directory for the filesystems: %w", err)
+	}
+	defer os.RemoveAll(work)
 	d, err := diskfs.OpenBackend(file.New(f, false), diskfs.WithSectorSize(sectorSize))
 	if err != nil {
 		return fmt.Errorf("open disk image: %w", err)
@@ -142,17 +178,14 @@ func Write(path string, s Spec, progress func(done, total int64)) (err error) {
 		return err
 	}
 	esp, state, slotA := parts[0], parts[3], parts[1]
-	if err := writeESP(d, f, esp.start, esp.size, files, s); err != nil {
+	if err := writeESP(work, f, esp.start, esp.size, files, s); err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
-	if err := writeState(d, f, state.start, state.size, s); err != nil {
+	if err := writeState(work, f, state.start, state.size, s); err != nil {
 		return fmt.Errorf("state partition: %w", err)
 	}
 	if err := copySlot(f, slotA.start, slot, slotSize, progress); err != nil {
 		return fmt.Errorf("slot A: %w", err)
-	}
-	if err := punchZeroes(f); err != nil {
-		return err
 	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("sync disk image: %w", err)
@@ -289,6 +322,46 @@ func openSlot(s Spec) (*os.File, int64, error) {
 
 func ceilMiB(n int64) int64 { return (n + MiB - 1) / MiB }
 
+// newFile creates an empty (sparse) file of size bytes for a filesystem.
+func newFile(p string, size int64) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("size %s to %d bytes: %w", p, size, err)
+	}
+	return f.Close()
+}
+
+// copyInto copies the filesystem made in the file at p, size bytes, into
+// its partition at start. Runs of zeros are skipped: the image is fresh,
+// so they are holes already.
+func copyInto(w io.WriterAt, start int64, p string, size int64) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := copySlot(w, start, f, size, nil); err != nil {
+		return fmt.Errorf("copy %s into the image: %w", filepath.Base(p), err)
+	}
+	return nil
+}
+
+// runTool runs one of the filesystem tools; its output becomes part of the
+// error when it fails.
+func runTool(env []string, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		msg := strings.Join(strings.Fields(string(out)), " ")
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return nil
+}
+
 // writeGPT writes the protective MBR and both GPT headers.
 func writeGPT(d *disk.Disk, diskGUID string, parts []partitionPlan) error {
 	table := &gpt.Table{
@@ -314,8 +387,9 @@ func writeGPT(d *disk.Disk, diskGUID string, parts []partitionPlan) error {
 	return nil
 }
 
-// copySlot copies the slot content to its partition. Blocks of zeros are
-// skipped: the file is fresh, so they are holes already.
+// copySlot copies total bytes from r to w at start (the slot content, a
+// filesystem). Blocks of zeros are skipped: the image is fresh, so they are
+// holes already.
 func copySlot(w io.WriterAt, start int64, r io.Reader, total int64, progress func(done, total int64)) error {
 	buf := make([]byte, 4*MiB)
 	var done int64
@@ -325,7 +399,7 @@ func copySlot(w io.WriterAt, start int64, r io.Reader, total int64, progress fun
 	for done < total {
 		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), total-done)])
 		if err != nil {
-			return fmt.Errorf("read slot content at byte %d: %w", done, err)
+			return fmt.Errorf("read at byte %d: %w", done, err)
 		}
 		if err := writeNonZero(w, buf[:n], start+done); err != nil {
 			return err

@@ -222,8 +222,8 @@ func requireFATClean(t *testing.T, img string) {
 
 func TestESPIsCleanFAT32(t *testing.T) {
 	needTools(t, "fsck.vfat", "mtype", "mdir", "mcopy", "mmd", "cmp")
-	// 33 MiB is the smallest size, 64 MiB hits go-diskfs' short FAT,
-	// 300 MiB uses 4 KiB clusters.
+	// 33 MiB is the smallest size; 64 MiB once came out with a short FAT
+	// (go-diskfs); 300 MiB gets mkfs.vfat's 4 KiB clusters.
 	for _, espMiB := range []int64{33, 64, 300} {
 		t.Run(strconv.FormatInt(espMiB, 10)+"MiB", func(t *testing.T) {
 			s := testSpec(t, t.TempDir(), espMiB, 5*MiB)
@@ -258,7 +258,7 @@ func TestESPIsCleanFAT32(t *testing.T) {
 }
 
 // The checker must see what it exists for: a wrong free-cluster count
-// (go-diskfs' own defect) is only "Auto-correcting" even with -n.
+// is only "Auto-correcting" even with -n.
 func TestFATProblemsSeesDefects(t *testing.T) {
 	needTools(t, "fsck.vfat", "cmp")
 	s := testSpec(t, t.TempDir(), 40, 5*MiB)

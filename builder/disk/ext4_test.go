@@ -2,9 +2,7 @@ package disk
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/google/uuid"
 
 	"github.com/berth-os/berth/updater/layout"
@@ -24,140 +21,52 @@ import (
 
 const testStateUUID = "3f1e2d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"
 
-// newExt4 makes a state filesystem of size bytes in its own file, as
-// writeState does; pinned says whether pinExt4 runs over it too.
-func newExt4(t *testing.T, size int64, pinned bool) (*os.File, ext4Geometry, []byte) {
+// writeExt4File makes a state filesystem of size bytes in a file of its
+// own, as writeState does for the partition.
+func writeExt4File(t *testing.T, size int64) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "fs.img")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "fs.img")
 	f, err := os.Create(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
+	defer f.Close()
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	id := uuid.MustParse(testStateUUID)
-	if err := createExt4(file.New(f, false), 0, size, id); err != nil {
+	s := Spec{StateUUID: testStateUUID, Epoch: testEpoch}
+	if err := writeState(dir, f, 0, size, s); err != nil {
 		t.Fatal(err)
 	}
-	if pinned {
-		if err := pinExt4(f, f, testEpoch, hashSeed(id)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sb := make([]byte, ext4SuperblockSize)
-	if _, err := f.ReadAt(sb, ext4SuperblockOffset); err != nil {
+	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	g, err := parseExt4Superblock(sb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f, g, sb
+	return p
 }
 
-func readInode(t *testing.T, f io.ReaderAt, g ext4Geometry, n int64) []byte {
-	t.Helper()
-	table, err := inodeTableOfGroup0(f, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ino := make([]byte, g.inodeSize)
-	if _, err := f.ReadAt(ino, table*g.blockSize+(n-1)*g.inodeSize); err != nil {
-		t.Fatal(err)
-	}
-	return ino
-}
-
-// Our inode checksum must match what go-diskfs writes, or the repaired
-// inodes would carry checksums no reader agrees with.
-func TestInodeChecksumMatchesGoDiskfs(t *testing.T) {
-	for _, size := range []int64{32 * MiB, 256 * MiB} {
-		f, g, sb := newExt4(t, size, false)
-		if g.roCompat&roCompatMetadataCsum == 0 {
-			t.Fatal("state filesystem has no metadata_csum; this test would prove nothing")
-		}
-		seed := crc32c(^uint32(0), sb[sbUUID:sbUUID+16])
-		if g.incompat&incompatCsumSeed != 0 {
-			seed = binary.LittleEndian.Uint32(sb[sbChecksumSeed:])
-		}
-		for _, n := range []int64{2, 8, 11} { // root, journal, lost+found
-			ino := readInode(t, f, g, n)
-			stored := uint32(binary.LittleEndian.Uint16(ino[inodeChecksumLo:])) | uint32(binary.LittleEndian.Uint16(ino[inodeChecksumHi:]))<<16
-			if got := inodeChecksum(ino, uint32(n), seed); got != stored {
-				t.Errorf("%d MiB: inode %d checksum %08x, go-diskfs stored %08x", size/MiB, n, got, stored)
-			}
-		}
-	}
-}
-
-func TestPinExt4SetsEveryCopy(t *testing.T) {
+// Every superblock copy says the same (e2fsck -b falls back to them): the
+// epoch, never mounted, the pinned hash seed, the journal backup, and a
+// checksum that matches (dumpe2fs refuses a copy whose checksum does not).
+func TestExt4SuperblockCopies(t *testing.T) {
+	needTools(t, "dumpe2fs")
 	// 256 MiB of 4 KiB blocks is two groups, both with a superblock.
-	f, g, _ := newExt4(t, 256*MiB, true)
+	img := writeExt4File(t, 256*MiB)
 	seed := hashSeed(uuid.MustParse(testStateUUID))
-	journal := readInode(t, f, g, 8)
-	copies := 0
-	sb := make([]byte, ext4SuperblockSize)
-	for n := int64(0); n < g.groups; n++ {
-		if !g.hasSuperblock(n) {
-			continue
-		}
-		copies++
-		if _, err := f.ReadAt(sb, g.superblockOffset(n)); err != nil && err != io.EOF {
-			t.Fatal(err)
-		}
-		if v := binary.LittleEndian.Uint32(sb[sbMountTime:]); v != 0 {
-			t.Errorf("group %d: mount time %d, want 0 (never mounted)", n, v)
-		}
-		for _, off := range []int{sbWriteTime, sbLastCheck, sbMkfsTime} {
-			if v := binary.LittleEndian.Uint32(sb[off:]); int64(v) != testEpoch.Unix() {
-				t.Errorf("group %d: time at %#x is %d, want %d", n, off, v, testEpoch.Unix())
+	for _, args := range [][]string{{"-h", img}, {"-o", "superblock=32768", "-o", "blocksize=4096", "-h", img}} {
+		h := run(t, "dumpe2fs", args...)
+		for _, want := range []string{
+			"Filesystem created:       Mon May  6 07:08:09 2024",
+			"Last write time:          Mon May  6 07:08:09 2024",
+			"Last checked:             Mon May  6 07:08:09 2024",
+			"Last mount time:          n/a",
+			"Directory Hash Seed:      " + seed.String(),
+			"Journal backup:           inode blocks",
+			"Filesystem flags:         signed_directory_hash",
+		} {
+			if !strings.Contains(h, want) {
+				t.Errorf("dumpe2fs %s lacks %q:\n%s", strings.Join(args[:len(args)-1], " "), want, h)
 			}
-		}
-		if !bytes.Equal(sb[sbHashSeed:sbHashSeed+16], seed[:]) {
-			t.Errorf("group %d: hash seed not set", n)
-		}
-		if v := binary.LittleEndian.Uint16(sb[sbBlockGroupNr:]); int64(v) != n {
-			t.Errorf("group %d: s_block_group_nr is %d", n, v)
-		}
-		// The journal backup is the journal inode's i_block, i_size_high
-		// and i_size, word for word.
-		want := append(append(append([]byte(nil), journal[inodeBlock:inodeBlock+60]...),
-			journal[inodeSizeHigh:inodeSizeHigh+4]...), journal[inodeSizeLo:inodeSizeLo+4]...)
-		if !bytes.Equal(sb[sbJnlBlocks:sbJnlBlocks+jnlBackupSize], want) || sb[sbJnlBackupType] != jnlBackupBlocks {
-			t.Errorf("group %d: journal backup %x (type %d), want %x", n, sb[sbJnlBlocks:sbJnlBlocks+jnlBackupSize], sb[sbJnlBackupType], want)
-		}
-		if allZero(want[:60]) {
-			t.Error("journal inode has an empty block map; the comparison proves nothing")
-		}
-		if binary.LittleEndian.Uint32(sb[sbFlags:])&flagSignedHash == 0 {
-			t.Errorf("group %d: no directory hash signedness hint", n)
-		}
-		if c := crc32c(^uint32(0), sb[:sbChecksum]); c != binary.LittleEndian.Uint32(sb[sbChecksum:]) {
-			t.Errorf("group %d: superblock checksum %08x, want %08x", n, binary.LittleEndian.Uint32(sb[sbChecksum:]), c)
-		}
-	}
-	if copies < 2 {
-		t.Fatalf("only %d superblock copies in %d groups; the test should cover backups", copies, g.groups)
-	}
-}
-
-func TestHasSuperblockSparse(t *testing.T) {
-	g := ext4Geometry{roCompat: roCompatSparseSuper}
-	var got []int64
-	for n := int64(0); n < 60; n++ {
-		if g.hasSuperblock(n) {
-			got = append(got, n)
-		}
-	}
-	want := []int64{0, 1, 3, 5, 7, 9, 25, 27, 49}
-	if len(got) != len(want) {
-		t.Fatalf("groups with superblocks %v, want %v", got, want)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("groups with superblocks %v, want %v", got, want)
 		}
 	}
 }
@@ -239,19 +148,9 @@ func nonEmptyLines(b []byte) []string {
 	return lines
 }
 
-// writeExt4File writes a state filesystem image to a file of its own.
-func writeExt4File(t *testing.T, size int64) string {
-	t.Helper()
-	f, _, _ := newExt4(t, size, true)
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	return f.Name()
-}
-
 // The checker must see the defects it exists for, or a clean result
-// means nothing: one that only -fn shows, one that only -fp shows (the
-// empty journal backup go-diskfs wrote), and a bad superblock checksum.
+// means nothing: one that only -fn shows, one that only -fp shows (a
+// stale journal backup), and a bad superblock checksum.
 func TestE2fsckProblemsSeesDefects(t *testing.T) {
 	needTools(t, "e2fsck", "debugfs")
 	for name, damage := range map[string]func(t *testing.T, img string){
@@ -270,7 +169,8 @@ func TestE2fsckProblemsSeesDefects(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			if _, err := f.WriteAt([]byte{0xde, 0xad}, ext4SuperblockOffset+sbChecksum); err != nil {
+			// s_checksum: the last 4 bytes of the superblock at byte 1024.
+			if _, err := f.WriteAt([]byte{0xde, 0xad}, 1024+0x3FC); err != nil {
 				t.Fatal(err)
 			}
 		},
@@ -310,8 +210,10 @@ func TestStateExt4IsClean(t *testing.T) {
 					t.Errorf("feature %s missing from %v", want, have)
 				}
 			}
-			if slices.Contains(have, "resize_inode") {
-				t.Errorf("resize_inode is back (go-diskfs writes an invalid one): %v", have)
+			// The kernel grows the mounted filesystem at first boot only
+			// with the GDT blocks the resize inode reserves.
+			if !slices.Contains(have, "resize_inode") {
+				t.Errorf("feature resize_inode missing from %v: the initrd cannot grow the filesystem online", have)
 			}
 			for _, want := range []string{
 				"Block size:               4096",
@@ -384,9 +286,10 @@ func TestStateExt4Writable(t *testing.T) {
 	}
 }
 
-// The initrd grows the filesystem offline with resize2fs on first boot.
-// 64 GiB needs more group descriptor blocks than the image has, which
-// resize2fs must find room for without a resize inode.
+// The filesystem grows: here offline with resize2fs, which needs no
+// privilege (TestStateExt4GrowsOnline is the initrd's way, the kernel's
+// online resize). 2 GiB fits the GDT blocks the resize inode reserves;
+// 64 GiB needs more than it reserves for a 32 MiB filesystem.
 func TestStateExt4Grows(t *testing.T) {
 	needTools(t, "e2fsck", "resize2fs", "dumpe2fs")
 	img := writeExt4File(t, 32*MiB)
@@ -415,6 +318,47 @@ func TestStateExt4Grows(t *testing.T) {
 		if used := st.Sys().(*syscall.Stat_t).Blocks * 512; used > 64*MiB {
 			t.Errorf("growing to %d GiB wrote %d MiB; new block groups should stay uninitialised", gib, used/MiB)
 		}
+	}
+}
+
+// The initrd grows the mounted filesystem with EXT4_IOC_RESIZE_FS, which
+// resize2fs also uses on a mounted filesystem. It needs root, a loop
+// device and CAP_SYS_RESOURCE (containers often drop it).
+func TestStateExt4GrowsOnline(t *testing.T) {
+	needTools(t, "e2fsck", "resize2fs", "losetup", "mount", "umount")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to loop-mount")
+	}
+	img := writeExt4File(t, 32*MiB)
+	if err := os.Truncate(img, 64<<30); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	loop := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", loop, dir).CombinedOutput(); err != nil {
+		t.Skipf("no loop mount here (%v: %s)", err, bytes.TrimSpace(out))
+	}
+	out, err = exec.Command("resize2fs", loop).CombinedOutput()
+	if uerr := exec.Command("umount", dir).Run(); uerr != nil {
+		t.Fatalf("umount: %v", uerr)
+	}
+	if err != nil && strings.Contains(string(out), "Permission denied") {
+		t.Skipf("no CAP_SYS_RESOURCE here: %s", bytes.TrimSpace(out))
+	}
+	if err != nil {
+		t.Fatalf("online resize2fs to 64 GiB: %v\n%s", err, out)
+	}
+	exec.Command("losetup", "-d", loop).Run()
+	waitLoopDetached(t, img)
+	requireE2fsckClean(t, img)
+	want := fmt.Sprintf("Block count:              %d\n", (64<<30)/4096)
+	if h := run(t, "dumpe2fs", "-h", img); !strings.Contains(h, want) {
+		t.Errorf("after the online resize, dumpe2fs lacks %q:\n%s", want, h)
 	}
 }
 
