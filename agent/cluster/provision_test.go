@@ -24,12 +24,18 @@ func testAgent(t *testing.T, opts Options) (*Agent, *string) {
 	return a, &shown
 }
 
+// testProvisioner is the provisioner of testAgent(opts).
+func testProvisioner(t *testing.T, opts Options) (*provisioner, *string) {
+	t.Helper()
+	a, shown := testAgent(t, opts)
+	return a.prov, shown
+}
+
 // Bootstrap leaves the CA, the node's credentials, the token and a record
 // that starts a new single-voter cluster.
 func TestBootstrapRecord(t *testing.T) {
 	opts := testOptions(t, "node-1")
-	pa, shown := testAgent(t, opts)
-	p := pa.prov
+	p, shown := testProvisioner(t, opts)
 	rec, err := p.open(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +74,7 @@ func TestBootstrapRecord(t *testing.T) {
 func TestBootstrapAdoptsPresetSecret(t *testing.T) {
 	opts := testOptions(t, "node-1")
 	opts.Token = strings.Repeat("5a", 16)
-	pa, shown := testAgent(t, opts)
-	p := pa.prov
+	p, shown := testProvisioner(t, opts)
 	if _, err := p.open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -83,15 +88,13 @@ func TestBootstrapAdoptsPresetSecret(t *testing.T) {
 // refused.
 func TestOpenRefusesForeignOrInterrupted(t *testing.T) {
 	opts := testOptions(t, "node-1")
-	pa, _ := testAgent(t, opts)
-	p := pa.prov
+	p, _ := testProvisioner(t, opts)
 	if _, err := p.open(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	other := testOptions(t, "node-2")
 	other.DataDir = opts.DataDir
-	qa, _ := testAgent(t, other)
-	q := qa.prov
+	q, _ := testProvisioner(t, other)
 	if _, err := q.open(context.Background()); err == nil || !strings.Contains(err.Error(), `belongs to node "node-1"`) {
 		t.Fatalf("foreign data dir: %v", err)
 	}
@@ -110,8 +113,7 @@ func TestClearForRejoin(t *testing.T) {
 	opts := testOptions(t, "node-1")
 	opts.Join = []string{"https://10.0.0.2:7480"}
 	opts.Token = "0123456789abcdef0123456789abcdef.sha256:" + strings.Repeat("ab", 32)
-	pa, _ := testAgent(t, opts)
-	p := pa.prov
+	p, _ := testProvisioner(t, opts)
 	rec, err := p.bootstrap() // the credentials a removed member had
 	if err != nil {
 		t.Fatal(err)
@@ -141,8 +143,7 @@ func TestClearForRejoin(t *testing.T) {
 		t.Fatalf("rejoin.json: %+v", info)
 	}
 
-	lonea, _ := testAgent(t, testOptions(t, "node-3"))
-	lone := lonea.prov
+	lone, _ := testProvisioner(t, testOptions(t, "node-3"))
 	if _, err := lone.bootstrap(); err != nil {
 		t.Fatal(err)
 	}
