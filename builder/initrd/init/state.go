@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,16 +51,13 @@ func (b *boot) setUpState(disk string) *failure {
 	if err != nil {
 		return fail("read state filesystem "+node, err)
 	}
-	if grown, f := b.growFilesystem(node, sb); f != nil {
-		return f
-	} else if grown {
-		if sb, err = ext4fs.ProbeFile(node); err != nil {
-			return fail("read state filesystem "+node, err)
-		}
-	}
 	target := filepath.Join(newRoot, "var")
 	if err := unix.Mount(node, target, "ext4", 0, ""); err != nil {
 		return fail(fmt.Sprintf("mount state %s (ext4) on %s", node, target), err)
+	}
+	sb, f := b.growFilesystem(node, target, sb)
+	if f != nil {
+		return f
 	}
 	b.log.Infof("mounted state %s on /var (%d MiB)", node, sb.Bytes()/mib)
 	return nil
@@ -149,9 +147,7 @@ func runInSlot(args ...string) error {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: newRoot}
 	cmd.Dir = "/"
-	// Without /sys, resize2fs cannot see that the kernel initialises inode
-	// tables lazily and would zero every new one (gigabytes on a big disk).
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "RESIZE2FS_FORCE_LAZY_ITABLE_INIT=1"}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if msg := strings.Join(strings.Fields(string(out)), " "); msg != "" {
@@ -162,40 +158,33 @@ func runInSlot(args ...string) error {
 	return nil
 }
 
-// growFilesystem grows the unmounted ext4 to fill its partition with the
-// OS's resize2fs. Offline resizing works whatever the filesystem's
-// features (the kernel's online resize refuses filesystems without a
-// resize inode, as go-diskfs makes them). It runs on every boot so that a
-// boot that grew the partition but died before this step is finished by
-// the next.
-func (b *boot) growFilesystem(node string, sb ext4fs.Superblock) (bool, *failure) {
+// growFilesystem grows the ext4 mounted at mountpoint to fill its
+// partition, online, as the kernel does it (EXT4_IOC_RESIZE_FS): the
+// builder's mke2fs reserves the GDT blocks for that (resize_inode), and
+// the groups it adds stay uninitialised (metadata_csum) until used. It
+// runs on every boot so that a boot that grew the partition but died
+// before this step is finished by the next. It returns the superblock as
+// it is afterwards.
+func (b *boot) growFilesystem(node, mountpoint string, sb ext4fs.Superblock) (ext4fs.Superblock, *failure) {
 	dev, err := os.Open(node)
 	if err != nil {
-		return false, fail("size of state partition", err)
+		return sb, fail("size of state partition", err)
 	}
-	size, err := dev.Seek(0, 2)
+	size, err := dev.Seek(0, io.SeekEnd)
 	dev.Close()
 	if err != nil {
-		return false, fail("size of state partition", err)
+		return sb, fail("size of state partition", err)
 	}
 	blocks := uint64(size) / sb.BlockSize
 	if blocks <= sb.BlocksCount {
-		return false, nil
+		return sb, nil
 	}
 	b.log.Infof("growing the state filesystem from %d MiB to %d MiB", sb.Bytes()/mib, blocks*sb.BlockSize/mib)
-	// resize2fs wants a freshly checked filesystem; -p repairs only what is
-	// safe without questions. Exit status 1 means "errors corrected".
-	if err := runInSlot("/sbin/e2fsck", "-f", "-p", node); err != nil {
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.ExitCode() > 1 {
-			// Not fatal: /var works at its old size.
-			b.log.Infof("warning: check state filesystem before growing: %v", err)
-			return false, nil
-		}
-	}
-	if err := runInSlot("/sbin/resize2fs", node); err != nil {
+	if err := ext4fs.Resize(mountpoint, blocks); err != nil {
+		// Not fatal: /var works at its old size; the next boot tries again.
 		b.log.Infof("warning: grow state filesystem: %v", err)
-		return false, nil
+		return sb, nil
 	}
-	return true, nil
+	sb.BlocksCount = blocks
+	return sb, nil
 }
