@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -100,6 +98,9 @@ func orUnlimited(v int64, format func(int64) string) string {
 	return format(v)
 }
 
+// imagePushTimeout bounds the upload of one image to one node.
+const imagePushTimeout = 10 * time.Minute
+
 // cmdImagePush pushes an image tarball (docker save or oci-archive) into
 // the cluster registry served by the agents, so nodes without internet
 // access can pull it as berth.local/REPO:TAG.
@@ -127,61 +128,13 @@ func cmdImagePush(ctx context.Context, s *session) error {
 	// The tenant's berth.local/REPO is REPO under its namespace in the
 	// cluster registry, as nodes resolve it for the tenant's jobs.
 	stored := jobs.ClusterRepository(tenant, tag.Context().RepositoryStr()) + ":" + tag.TagStr()
-	n, err := pushToCluster(ctx, s, stored, func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-		defer cancel()
-		return remote.Write(ref, img, remote.WithContext(pctx), remote.WithTransport(rt))
-	})
+	n, err := pushToCluster(ctx, s, stored, img, imagePushTimeout)
 	if err != nil {
 		return err
 	}
 	digest, _ := img.Digest()
 	fmt.Fprintf(s.sys.Stdout, "pushed %s as %s to node %s's registry: use image berth.local/%s@%s (or :%s)\n", file, stored, n, repoOf(target), digest, tag.TagStr())
 	return nil
-}
-
-// pushToCluster stores an image as target (REPO:TAG) in the cluster
-// registry: push uploads it to one node's reference, tried on the nodes in
-// name order until one registry takes it (the others fetch it from that
-// one when asked). It returns that node, or the last node's error.
-func pushToCluster(ctx context.Context, s *session, target string, push func(ctx context.Context, node string, ref name.Reference, rt http.RoundTripper) error) (string, error) {
-	client, err := s.apiClient()
-	if err != nil {
-		return "", err
-	}
-	apis, err := nodeAPIs(ctx, s)
-	if err != nil {
-		return "", err
-	}
-	names := slices.Sorted(maps.Keys(apis))
-	if len(names) == 0 {
-		return "", fail(ExitError, "no agent API address is known in the cluster: nowhere to push to")
-	}
-	var lastErr error
-	for i, n := range names {
-		if i > 0 && lastErr != nil {
-			fmt.Fprintf(s.sys.Stderr, "berthctl: %s; trying node %s\n", oneLine(lastErr.Error()), n)
-		}
-		u, err := url.Parse(apis[n])
-		if err != nil || u.Host == "" {
-			lastErr = fmt.Errorf("node %s has a bad API URL %q", n, apis[n])
-			continue
-		}
-		ref, err := name.ParseReference(u.Host + "/" + target)
-		if err != nil {
-			lastErr = fmt.Errorf("node %s: %w", n, err)
-			continue
-		}
-		if err := push(ctx, n, ref, client.Transport); err != nil {
-			if ctx.Err() != nil {
-				return "", ctx.Err()
-			}
-			lastErr = fmt.Errorf("push to node %s: %w", n, err)
-			continue
-		}
-		return n, nil
-	}
-	return "", lastErr
 }
 
 func repoOf(target string) string {

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -196,6 +195,10 @@ func TestOSPushThenRollout(t *testing.T) {
 	}
 	if !strings.Contains(errOut, "push to node node-0") || !strings.Contains(errOut, "trying node node-1") {
 		t.Errorf("push stderr should say node-0 failed and node-1 is next: %q", errOut)
+	}
+	// Not a terminal: plain progress lines, the last at the whole payload.
+	if !strings.Contains(errOut, "\npushing to node node-1: ") || !strings.Contains(errOut, " MiB (100%)\n") || strings.Contains(errOut, "\r") {
+		t.Errorf("push stderr should show node-1's progress as plain lines: %q", errOut)
 	}
 	if status, got := manifestDigest(t, e, api, "0.3.0"); status != http.StatusOK || got != digest {
 		t.Fatalf("registry has berth/os:0.3.0 as %d %q, want 200 %s", status, got, digest)
@@ -439,64 +442,6 @@ func TestOSPauseResumeAbort(t *testing.T) {
 		t.Errorf("same version after abort: exit %d", code)
 	}
 	oneErrorLine(t, "same version after abort", errOut, "already set (aborted: kernel panics on edge nodes)")
-}
-
-// UpdateRollout reads again and decides again when another writer changed
-// the target between its read and its write, and keeps that writer's change.
-func TestUpdateRolloutCompareAndSwap(t *testing.T) {
-	e := etcdtest.Start(t, etcdtest.Options{})
-	cli := e.Client(t)
-	ctx := context.Background()
-	base := rollout.Target{Schema: rollout.TargetSchema, Version: "0.3.0", Payload: rollout.DefaultPayload("0.3.0"),
-		MaxUnavailable: 1, Canary: 1, Created: now}
-	if err := rollout.PutTarget(ctx, cli, base, 0); err != nil {
-		t.Fatal(err)
-	}
-	calls := 0
-	got, err := ctl.UpdateRollout(ctx, cli, func(snap rollout.Snapshot, tgt *rollout.Target) (bool, error) {
-		calls++
-		if calls == 1 { // another admin raises max-unavailable meanwhile
-			other := *snap.Target
-			other.MaxUnavailable = 4
-			if err := rollout.PutTarget(ctx, cli, other, snap.TargetRevision); err != nil {
-				t.Fatal(err)
-			}
-		}
-		tgt.Paused, tgt.Reason = true, "maintenance"
-		return true, nil
-	})
-	if err != nil || calls != 2 {
-		t.Fatalf("UpdateRollout: %v after %d calls, want success after 2", err, calls)
-	}
-	stored, _, _ := storedTarget(t, e)
-	if stored != got || !stored.Paused || stored.MaxUnavailable != 4 {
-		t.Fatalf("stored %+v (returned %+v): want paused with the other writer's max-unavailable 4", stored, got)
-	}
-
-	// A writer that always comes first: give up after a few attempts.
-	calls = 0
-	_, err = ctl.UpdateRollout(ctx, cli, func(snap rollout.Snapshot, tgt *rollout.Target) (bool, error) {
-		calls++
-		other := *snap.Target
-		other.Canary = calls
-		if err := rollout.PutTarget(ctx, cli, other, snap.TargetRevision); err != nil {
-			t.Fatal(err)
-		}
-		tgt.Aborted = true
-		return true, nil
-	})
-	if err == nil || calls != 5 {
-		t.Fatalf("against a constant writer: %v after %d calls, want an error after 5", err, calls)
-	}
-	if stored, _, _ := storedTarget(t, e); stored.Aborted {
-		t.Fatal("a lost compare-and-swap was written anyway")
-	}
-
-	// Errors from change are returned and nothing is written.
-	refusal := errors.New("no")
-	if _, err := ctl.UpdateRollout(ctx, cli, func(rollout.Snapshot, *rollout.Target) (bool, error) { return true, refusal }); !errors.Is(err, refusal) {
-		t.Fatalf("refusal: %v", err)
-	}
 }
 
 func putStatuses(t *testing.T, cli *clientv3.Client, statuses ...rollout.NodeStatus) {

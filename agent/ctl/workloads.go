@@ -15,11 +15,14 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/progress"
 )
 
 // EnvTenant names the tenant of job commands when --tenant is not given.
@@ -425,6 +428,46 @@ func (s *session) apiClient() (*http.Client, error) {
 		return nil, err
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}, nil
+}
+
+// clusterRegistry is a registry client with berthctl's certificate and
+// the nodes' registries in the order commands try them.
+func (s *session) clusterRegistry(ctx context.Context) (*registry.Client, []registry.Node, error) {
+	client, err := s.apiClient()
+	if err != nil {
+		return nil, nil, err
+	}
+	apis, err := nodeAPIs(ctx, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &registry.Client{Transport: client.Transport}, registry.SortedNodes(apis), nil
+}
+
+// pushToCluster stores img as target (REPO:TAG) in the cluster registry,
+// trying the nodes in name order until one takes it (the others fetch it
+// from that one when asked), with its progress and each failure on
+// stderr. It returns the node that took it, or the last node's error.
+func pushToCluster(ctx context.Context, s *session, target string, img v1.Image, timeout time.Duration) (string, error) {
+	reg, nodes, err := s.clusterRegistry(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(nodes) == 0 {
+		return "", fail(ExitError, "no agent API address is known in the cluster: nowhere to push to")
+	}
+	n, err := reg.PushToAny(ctx, nodes, target, img, registry.PushOptions{
+		Timeout: timeout,
+		Progress: func(n registry.Node) registry.Progress {
+			return progress.New(s.sys.Stderr, "pushing to node "+n.Name)
+		},
+		Failed: func(err error, next *registry.Node) {
+			if next != nil {
+				fmt.Fprintf(s.sys.Stderr, "berthctl: %s; trying node %s\n", oneLine(err.Error()), next.Name)
+			}
+		},
+	})
+	return n.Name, err
 }
 
 func cmdLogs(ctx context.Context, s *session) error {
