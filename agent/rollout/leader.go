@@ -3,12 +3,12 @@ package rollout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/berth-os/berth/agent/leader"
+	"github.com/berth-os/berth/internal/retry"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // LeaderKey is the election prefix of the rollout leader: the one agent
@@ -70,34 +70,25 @@ func (l *Leader) Run(ctx context.Context, cli *clientv3.Client) error {
 	if l.Log == nil {
 		l.Log = slog.New(slog.DiscardHandler)
 	}
-	for ctx.Err() == nil {
-		if err := l.lead(ctx, cli); err != nil && ctx.Err() == nil {
-			l.Log.Warn("rollout leader: campaign again", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}
-	return nil
+	return leader.Run(ctx, cli, leader.Options{
+		Prefix: LeaderKey,
+		Name:   l.Node,
+		TTL:    10,
+		Retry: retry.Policy{
+			Initial: 100 * time.Millisecond,
+			Max:     5 * time.Second,
+			OnRetry: func(err error, wait time.Duration) {
+				l.Log.Warn("rollout leader: campaign again", "err", err, "retry_in", wait)
+			},
+		},
+		Log: l.Log,
+	}, func(ctx context.Context, _ leader.Term) error { return l.lead(ctx, cli) })
 }
 
+// lead is one term: evaluate on every change and every interval until
+// leadership is lost or Run ends.
 func (l *Leader) lead(ctx context.Context, cli *clientv3.Client) error {
-	s, err := concurrency.NewSession(cli, concurrency.WithTTL(10), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("rollout leader session: %w", err)
-	}
-	defer s.Close()
-	e := concurrency.NewElection(s, LeaderKey)
-	if err := e.Campaign(ctx, l.Node); err != nil {
-		return fmt.Errorf("rollout leader campaign: %w", err)
-	}
 	l.Log.Info("rollout leader: leading")
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = e.Resign(rctx)
-	}()
 	for {
 		wctx, cancel := context.WithCancel(ctx)
 		wch := cli.Watch(wctx, Prefix, clientv3.WithPrefix())
@@ -105,11 +96,9 @@ func (l *Leader) lead(ctx context.Context, cli *clientv3.Client) error {
 		if err != nil && !errors.Is(err, ErrConflict) && ctx.Err() == nil {
 			l.Log.Warn("rollout leader: evaluate", "err", err)
 		}
-		err = waitForChange(ctx, wch, l.Interval, s.Done())
+		// The term's ctx already ends when leadership is lost.
+		err = waitForChange(ctx, wch, l.Interval, nil)
 		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
 		if err != nil {
 			return err
 		}

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/leader"
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/retry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -88,24 +90,19 @@ func (s *Scheduler) IsLeader() bool { return s.leader.Load() }
 // Run campaigns, leads until ctx ends or the session is lost, and campaigns
 // again. It returns nil when ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		started := time.Now()
-		err := s.term(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		s.o.Log.Warn("scheduler term ended, campaigning again", "err", err)
-		if time.Since(started) > time.Minute {
-			backoff = 100 * time.Millisecond
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	return leader.Run(ctx, s.cli, leader.Options{
+		Prefix: jobs.ElectionPrefix,
+		Name:   s.o.Name,
+		TTL:    s.o.SessionTTL,
+		Retry: retry.Policy{
+			Initial: 100 * time.Millisecond,
+			Max:     5 * time.Second,
+			OnRetry: func(err error, wait time.Duration) {
+				s.o.Log.Warn("scheduler term ended, campaigning again", "err", err, "retry_in", wait)
+			},
+		},
+		Log: s.o.Log,
+	}, s.term)
 }
 
 // leadership is one won election: its key and revision fence every write.
@@ -118,66 +115,17 @@ func (l *leadership) fence() clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)
 }
 
-// term is one session: campaign, then lead until something ends it.
-func (s *Scheduler) term(ctx context.Context) error {
-	// The session follows ctx so that an unreachable etcd cannot hold Run
-	// past its end; the lease is revoked with a fresh context below.
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(s.o.SessionTTL), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("scheduler election session: %w", err)
-	}
-	defer func() {
-		sess.Orphan()
-		// Revoking lets a successor take over now instead of after the TTL.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if _, err := s.cli.Revoke(rctx, sess.Lease()); err != nil {
-			s.o.Log.Debug("revoke scheduler session lease", "err", err)
-		}
-	}()
+// term is one won election: lead until ctx ends (leadership lost or Run's
+// end) or a write is fenced off.
+func (s *Scheduler) term(ctx context.Context, t leader.Term) error {
+	l := &leadership{key: t.Key, rev: t.Rev}
 	s.mu.Lock()
-	s.session = sess
-	s.mu.Unlock()
-
-	termCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-sess.Done():
-			cancel()
-		case <-termCtx.Done():
-		}
-	}()
-	el := concurrency.NewElection(sess, jobs.ElectionPrefix)
-	if err := el.Campaign(termCtx, s.o.Name); err != nil {
-		return fmt.Errorf("campaign for scheduler leader: %w", err)
-	}
-	l := &leadership{key: el.Key(), rev: el.Rev()}
-	s.mu.Lock()
-	s.current = l
+	s.session, s.current = t.Session, l
 	s.mu.Unlock()
 	s.leader.Store(true)
 	defer s.leader.Store(false)
 	s.o.Log.Info("scheduler is leader", "epoch", l.rev)
-	err = s.lead(termCtx, l)
-	if sessionLost(sess) {
-		err = fmt.Errorf("election session lost: %w", err)
-	}
-	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer rcancel()
-	if rerr := el.Resign(rctx); rerr != nil && !sessionLost(sess) {
-		s.o.Log.Warn("resign scheduler leadership", "err", rerr)
-	}
-	return err
-}
-
-func sessionLost(sess *concurrency.Session) bool {
-	select {
-	case <-sess.Done():
-		return true
-	default:
-		return false
-	}
+	return s.lead(ctx, l)
 }
 
 // lead loads the cluster state and follows it; a lost watch reloads.
