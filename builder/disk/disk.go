@@ -26,6 +26,7 @@ import (
 	"github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-os/berth/updater/layout"
 )
@@ -336,16 +337,33 @@ func newFile(p string, size int64) error {
 }
 
 // copyInto copies the filesystem made in the file at p, size bytes, into
-// its partition at start. Runs of zeros are skipped: the image is fresh,
-// so they are holes already.
+// its partition at start. Only the file's data is read (the tools leave
+// most of a fresh filesystem a hole), and of that only the non-zero runs
+// are written: the image is fresh, so the rest are holes already.
 func copyInto(w io.WriterAt, start int64, p string, size int64) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := copySlot(w, start, f, size, nil); err != nil {
-		return fmt.Errorf("copy %s into the image: %w", filepath.Base(p), err)
+	for off := int64(0); off < size; {
+		data, err := f.Seek(off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // only a hole from here on
+		}
+		end := size
+		if err == nil {
+			end, err = f.Seek(data, unix.SEEK_HOLE)
+		}
+		if err != nil {
+			// No SEEK_DATA on this filesystem: copy the rest whole.
+			data, end = off, size
+		}
+		end = min(end, size)
+		if err := copySlot(w, start+data, io.NewSectionReader(f, data, end-data), end-data, nil); err != nil {
+			return fmt.Errorf("copy %s into the image: %w", filepath.Base(p), err)
+		}
+		off = end
 	}
 	return nil
 }
