@@ -3,18 +3,14 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 
-	ggcr "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -114,28 +110,9 @@ func (s *server) fetchBlobFrom(ctx context.Context, peer, repo string, h v1.Hash
 		return err
 	}
 	defer resp.Body.Close()
-	tmp, err := os.CreateTemp(s.tmpDir, "peer-blob-*")
-	if err != nil {
-		return fmt.Errorf("temp file: %w", err)
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // always a temp
-	defer tmp.Close()
-	hasher := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, hasher), resp.Body); err != nil {
-		return fmt.Errorf("peer %s: read blob: %w", peer, err)
-	}
-	if got := "sha256:" + hex.EncodeToString(hasher.Sum(nil)); got != h.String() {
-		return fmt.Errorf("peer %s: blob digest mismatch: got %s, want %s", peer, got, h)
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("rewind temp blob: %w", err)
-	}
-	put, ok := ggcr.NewDiskBlobHandler(s.blobDir).(ggcr.BlobPutHandler)
-	if !ok {
-		return errors.New("disk blob handler cannot store blobs")
-	}
-	if err := put.Put(ctx, repo, h, io.NopCloser(tmp)); err != nil {
-		return fmt.Errorf("store blob %s: %w", h, err)
+	// Put verifies the digest while it writes and keeps nothing else.
+	if err := s.blobs.Put(ctx, repo, h, resp.Body); err != nil {
+		return fmt.Errorf("peer %s: %w", peer, err)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	ggcr "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -60,6 +61,7 @@ type server struct {
 	inner    http.Handler
 	blobDir  string
 	tmpDir   string
+	blobs    *diskBlobs
 	store    *manifestStore
 	peers    func() []string
 	client   *http.Client
@@ -100,12 +102,13 @@ func New(o Options) (http.Handler, error) {
 			return nil, fmt.Errorf("registry: create %s: %w", d, err)
 		}
 	}
+	s.blobs = &diskBlobs{dir: s.blobDir, tmpDir: s.tmpDir}
 	var err error
 	if s.store, err = newManifestStore(filepath.Join(o.Dir, "manifests")); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	s.inner = ggcr.New(
-		ggcr.WithBlobHandler(ggcr.NewDiskBlobHandler(s.blobDir)),
+		ggcr.WithBlobHandler(s.blobs),
 		ggcr.Logger(slog.NewLogLogger(o.Log.Handler(), slog.LevelDebug)),
 	)
 	if err := s.replay(); err != nil {
@@ -175,10 +178,14 @@ func (s *server) hasManifest(ctx context.Context, repo, ref string) bool {
 	return rec.Code == http.StatusOK
 }
 
-// hasBlob checks the disk blob handler's layout (DIR/sha256/HEX) without
-// hashing the file; ggcr verifies the content when it serves it.
+// hasBlob says whether the blob is stored here (its digest was checked
+// when it was stored).
 func (s *server) hasBlob(digest string) bool {
-	_, err := os.Stat(filepath.Join(s.blobDir, "sha256", strings.TrimPrefix(digest, "sha256:")))
+	h, err := v1.NewHash(digest)
+	if err != nil {
+		return false
+	}
+	_, err = s.blobs.Stat(context.Background(), "", h)
 	return err == nil
 }
 
