@@ -55,11 +55,31 @@ func (d *diskBlobs) Get(_ context.Context, _ string, h v1.Hash) (io.ReadCloser, 
 	return f, err
 }
 
-// Put streams rc into a temp file, refuses it unless its digest is h, and
-// renames it into place after an fsync: a crash leaves the old state or the
-// whole verified blob, never a partial one under its digest.
+// Put stores a blob for ggcr's upload handler, which hands over a reader
+// that checks the digest itself (an error at EOF when the content is not h:
+// then nothing is stored), so the content is hashed once, not twice.
 func (d *diskBlobs) Put(_ context.Context, _ string, h v1.Hash, rc io.ReadCloser) error {
 	defer rc.Close()
+	return d.store(h, rc, nil)
+}
+
+// putVerified stores a blob from an unverified source (a peer), hashing it
+// on the way and refusing it unless its digest is h.
+func (d *diskBlobs) putVerified(h v1.Hash, r io.Reader) error {
+	hasher := sha256.New()
+	return d.store(h, io.TeeReader(r, hasher), func() error {
+		if got := hex.EncodeToString(hasher.Sum(nil)); got != h.Hex {
+			return fmt.Errorf("blob %s: digest mismatch: content has sha256:%s", h, got)
+		}
+		return nil
+	})
+}
+
+// store streams r into a temp file and renames it into place after an
+// fsync (and after check, when given, accepts it): a crash or an error
+// leaves the old state or the whole blob, never a partial one under its
+// digest.
+func (d *diskBlobs) store(h v1.Hash, r io.Reader, check func() error) error {
 	if h.Algorithm != "sha256" {
 		return fmt.Errorf("blob %s: only sha256 digests are stored", h)
 	}
@@ -69,12 +89,13 @@ func (d *diskBlobs) Put(_ context.Context, _ string, h v1.Hash, rc io.ReadCloser
 	}
 	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
 	defer tmp.Close()
-	hasher := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, hasher), rc); err != nil {
+	if _, err := io.Copy(tmp, r); err != nil {
 		return fmt.Errorf("blob %s: write: %w", h, err)
 	}
-	if got := hex.EncodeToString(hasher.Sum(nil)); got != h.Hex {
-		return fmt.Errorf("blob %s: digest mismatch: content has sha256:%s", h, got)
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("blob %s: sync: %w", h, err)

@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -44,8 +46,8 @@ func TestDiskBlobsPutVerifies(t *testing.T) {
 	content, h := randomBlob(t, 100_000)
 	_, other := randomBlob(t, 10)
 
-	if err := d.Put(ctx, "r", other, io.NopCloser(bytes.NewReader(content))); err == nil {
-		t.Fatal("Put stored content under a digest it does not have")
+	if err := d.putVerified(other, bytes.NewReader(content)); err == nil {
+		t.Fatal("putVerified stored content under a digest it does not have")
 	}
 	if _, err := d.Stat(ctx, "r", other); !errors.Is(err, ggcr.ErrNotFound) {
 		t.Fatalf("after a refused Put, Stat = %v, want not found", err)
@@ -54,7 +56,7 @@ func TestDiskBlobsPutVerifies(t *testing.T) {
 		t.Fatalf("a refused Put left %d temp files", len(left))
 	}
 
-	if err := d.Put(ctx, "r", h, io.NopCloser(bytes.NewReader(content))); err != nil {
+	if err := d.putVerified(h, bytes.NewReader(content)); err != nil {
 		t.Fatal(err)
 	}
 	size, err := d.Stat(ctx, "r", h)
@@ -81,6 +83,48 @@ func TestDiskBlobsPutVerifies(t *testing.T) {
 	}
 }
 
+// TestUploadDigestChecked pushes through the registry handler: ggcr's
+// upload path checks the digest for diskBlobs.Put (which does not hash), so
+// a blob whose content does not match is refused and not stored.
+func TestUploadDigestChecked(t *testing.T) {
+	h, err := New(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	content, good := randomBlob(t, 4096)
+	_, wrong := randomBlob(t, 16)
+	upload := func(d v1.Hash) int {
+		resp, err := http.Post(srv.URL+"/v2/acme/app/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(content))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	head := func(d v1.Hash) int {
+		resp, err := http.Head(srv.URL + "/v2/acme/app/blobs/" + d.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := upload(wrong); code != http.StatusBadRequest {
+		t.Fatalf("upload under a wrong digest: status %d, want 400", code)
+	}
+	if code := head(wrong); code != http.StatusNotFound {
+		t.Fatalf("HEAD of the refused blob: %d, want 404", code)
+	}
+	if code := upload(good); code != http.StatusCreated {
+		t.Fatalf("upload: status %d, want 201", code)
+	}
+	if code := head(good); code != http.StatusOK {
+		t.Fatalf("HEAD of the stored blob: %d, want 200", code)
+	}
+}
+
 // BenchmarkBlobStat compares a HEAD/GET's Stat of a 64 MiB blob with
 // go-containerregistry's disk handler (which hashes the file each time) and
 // with diskBlobs (which checked the digest once, in Put).
@@ -88,7 +132,7 @@ func BenchmarkBlobStat(b *testing.B) {
 	ctx := context.Background()
 	d := newTestBlobs(b)
 	content, h := randomBlob(b, 64<<20)
-	if err := d.Put(ctx, "r", h, io.NopCloser(bytes.NewReader(content))); err != nil {
+	if err := d.putVerified(h, bytes.NewReader(content)); err != nil {
 		b.Fatal(err)
 	}
 	theirs := ggcr.NewDiskBlobHandler(d.dir).(ggcr.BlobStatHandler)

@@ -110,8 +110,7 @@ func (s *server) fetchBlobFrom(ctx context.Context, peer, repo string, h v1.Hash
 		return err
 	}
 	defer resp.Body.Close()
-	// Put verifies the digest while it writes and keeps nothing else.
-	if err := s.blobs.Put(ctx, repo, h, resp.Body); err != nil {
+	if err := s.blobs.putVerified(h, resp.Body); err != nil {
 		return fmt.Errorf("peer %s: %w", peer, err)
 	}
 	return nil
