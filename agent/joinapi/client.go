@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/pki"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // RefusedError is a definite "no" from a join server (wrong token, bad
@@ -83,10 +84,9 @@ func Join(ctx context.Context, apiURLs []string, token pki.Token, req Request) (
 		Timeout: 90 * time.Second,
 	}
 	defer client.CloseIdleConnections()
-	var errs []error
-	backoff := 500 * time.Millisecond
-	for {
-		errs = errs[:0] // report the last round only
+	var round error // the last round's errors only
+	resp, err := retry.Get(ctx, retry.Policy{Initial: 500 * time.Millisecond, Max: 5 * time.Second}, func() (*Response, error) {
+		var errs []error
 		for _, base := range apiURLs {
 			resp, err := joinOnce(ctx, client, strings.TrimSuffix(base, "/")+Path, body, token.CAHash)
 			if err == nil {
@@ -95,17 +95,18 @@ func Join(ctx context.Context, apiURLs []string, token pki.Token, req Request) (
 			var refused *RefusedError
 			var pin *PinError
 			if errors.As(err, &refused) || errors.As(err, &pin) {
-				return nil, err
+				return nil, retry.Permanent(err)
 			}
 			errs = append(errs, err)
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("join: no agent admitted this node: %w", errors.Join(errs...))
-		case <-time.After(backoff):
-			backoff = min(backoff*2, 5*time.Second)
-		}
+		round = errors.Join(errs...)
+		return nil, round
+	})
+	if err != nil && round != nil && errors.Is(err, round) {
+		// Only ctx ends the retries of unanswered rounds.
+		return nil, fmt.Errorf("join: no agent admitted this node: %w", round)
 	}
+	return resp, err
 }
 
 func joinOnce(ctx context.Context, client *http.Client, url string, body []byte, caHash string) (*Response, error) {

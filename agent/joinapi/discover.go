@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/pki"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // CAPath hands out the cluster CA authenticated with the join secret, for
@@ -51,8 +52,8 @@ func DiscoverCA(ctx context.Context, apiURLs []string, secret string) (string, e
 		Timeout: 10 * time.Second,
 	}
 	defer client.CloseIdleConnections()
-	backoff := 500 * time.Millisecond
-	for {
+	var round error // the last round's errors only
+	hash, err := retry.Get(ctx, retry.Policy{Initial: 500 * time.Millisecond, Max: 5 * time.Second}, func() (string, error) {
 		var errs []error
 		for _, base := range apiURLs {
 			hash, err := discoverOnce(ctx, client, strings.TrimSuffix(base, "/")+CAPath, secret)
@@ -61,17 +62,18 @@ func DiscoverCA(ctx context.Context, apiURLs []string, secret string) (string, e
 			}
 			var pin *PinError
 			if errors.As(err, &pin) {
-				return "", err
+				return "", retry.Permanent(err)
 			}
 			errs = append(errs, err)
 		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("discover CA: no agent answered: %w", errors.Join(errs...))
-		case <-time.After(backoff):
-			backoff = min(backoff*2, 5*time.Second)
-		}
+		round = errors.Join(errs...)
+		return "", round
+	})
+	if err != nil && round != nil && errors.Is(err, round) {
+		// Only ctx ends the retries of unanswered rounds.
+		return "", fmt.Errorf("discover CA: no agent answered: %w", round)
 	}
+	return hash, err
 }
 
 func discoverOnce(ctx context.Context, client *http.Client, url, secret string) (string, error) {

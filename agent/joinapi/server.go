@@ -21,6 +21,7 @@ import (
 
 	"github.com/berth-os/berth/agent/pki"
 	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // Server admits new nodes. It runs on agents that hold the CA key.
@@ -134,7 +135,7 @@ func (s *Server) admit(ctx context.Context, req Request) (*Response, error) {
 		Token: s.Token.String(),
 	}
 
-	backoff := 250 * time.Millisecond
+	backoff := retry.NewBackoff(retry.Policy{Initial: 250 * time.Millisecond, Max: 2 * time.Second})
 	for {
 		members, err := s.memberList(ctx)
 		if err != nil {
@@ -176,8 +177,7 @@ func (s *Server) admit(ctx context.Context, req Request) (*Response, error) {
 				break
 			}
 			return nil, fmt.Errorf("cluster did not accept a new member in time: %w", ctx.Err())
-		case <-time.After(backoff):
-			backoff = min(backoff*2, 2*time.Second)
+		case <-time.After(backoff.Next()):
 			continue
 		}
 		break
@@ -248,23 +248,28 @@ func staleMembers(members []*etcdserverpb.Member, req Request) []*etcdserverpb.M
 }
 
 func (s *Server) removeMember(ctx context.Context, m *etcdserverpb.Member) error {
-	backoff := 250 * time.Millisecond
-	for {
+	var last error
+	err := retry.Do(ctx, retry.Policy{
+		Initial: 250 * time.Millisecond, Max: 2 * time.Second,
+		OnRetry: func(err error, _ time.Duration) {
+			s.log().Debug("remove stale member failed, retrying", "id", fmt.Sprintf("%x", m.ID), "err", err)
+		},
+	}, func() error {
 		cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
 		_, err := s.Client.MemberRemove(cctx, m.ID)
 		cancel()
 		if err == nil || errors.Is(err, rpctypes.ErrMemberNotFound) {
-			s.log().Info("removed stale member", "name", m.Name, "id", fmt.Sprintf("%x", m.ID))
 			return nil
 		}
-		s.log().Debug("remove stale member failed, retrying", "id", fmt.Sprintf("%x", m.ID), "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("remove stale member %s (%x): %w", m.Name, m.ID, err)
-		case <-time.After(backoff):
-			backoff = min(backoff*2, 2*time.Second)
-		}
+		last = err
+		return err
+	})
+	if err != nil {
+		// Only ctx ends the retries; the etcd error says more than it.
+		return fmt.Errorf("remove stale member %s (%x): %w", m.Name, m.ID, last)
 	}
+	s.log().Info("removed stale member", "name", m.Name, "id", fmt.Sprintf("%x", m.ID))
+	return nil
 }
 
 func countMembers(members []*etcdserverpb.Member) (voters, learners int) {

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // ShimOptions configures a Shim.
@@ -145,7 +147,9 @@ func (r *Shim) Run(ctx context.Context, s Spec) (State, error) {
 
 	deadline := time.NewTimer(r.startTimeout)
 	defer deadline.Stop()
-	delay := 500 * time.Microsecond
+	// Polling (a stat or two) is cheaper than it looks next to a ~50 ms
+	// container start, and keeps Run's wake-up delay small.
+	poll := retry.NewBackoff(retry.Policy{Initial: 500 * time.Microsecond, Max: 2 * time.Millisecond})
 	for {
 		if st, ok, err := r.readExit(s.ID); err != nil {
 			return State{}, err
@@ -174,11 +178,8 @@ func (r *Shim) Run(ctx context.Context, s Spec) (State, error) {
 			return State{}, fmt.Errorf("container %s: not running after %s: %s", s.ID, r.startTimeout, r.shimFailure(s.ID))
 		case <-ctx.Done():
 			return State{}, fmt.Errorf("container %s: start interrupted (the shim keeps going): %w", s.ID, ctx.Err())
-		case <-time.After(delay):
+		case <-time.After(poll.Next()):
 		}
-		// Polling (a stat or two) is cheaper than it looks next to a
-		// ~50 ms container start, and keeps Run's wake-up delay small.
-		delay = min(delay*2, 2*time.Millisecond)
 	}
 }
 

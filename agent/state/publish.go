@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berth-os/berth/internal/retry"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -92,14 +93,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if p.Interval <= 0 || p.Poll <= 0 {
 		return fmt.Errorf("publish node document %q: refresh interval %v and poll %v must be positive", p.name, p.Interval, p.Poll)
 	}
-	backoff := newBackoff(200*time.Millisecond, p.ttl/2)
+	backoff := retry.NewBackoff(retry.Policy{Initial: 200 * time.Millisecond, Max: p.ttl / 2})
 	for {
 		err := p.runLease(ctx, backoff)
 		if ctx.Err() != nil {
 			return nil
 		}
 		p.Log.Warn("node document lease lost, granting a new one", "node", p.name, "err", err)
-		if !sleepCtx(ctx, backoff.next()) {
+		if !retry.Sleep(ctx, backoff.Next()) {
 			return nil
 		}
 	}
@@ -107,7 +108,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 
 // runLease grants one lease and publishes with it until the lease is lost
 // or ctx is done.
-func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
+func (p *Publisher) runLease(ctx context.Context, backoff *retry.Backoff) error {
 	lease, err := p.grant(ctx)
 	if err != nil {
 		return err
@@ -121,7 +122,7 @@ func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
 		return err
 	}
 	lastWrite := time.Now()
-	backoff.reset()
+	backoff.Reset()
 
 	kaCh, err := p.cli.KeepAlive(leaseCtx, lease)
 	if err != nil {
@@ -130,7 +131,7 @@ func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
 	poll := time.NewTicker(p.Poll)
 	defer poll.Stop()
 	var retryAt time.Time // after a failed put: not before then
-	retry := newBackoff(p.Poll, 30*time.Second)
+	putBackoff := retry.NewBackoff(retry.Policy{Initial: p.Poll, Max: 30 * time.Second})
 	var lastErr string
 	for {
 		var reason string
@@ -164,14 +165,14 @@ func (p *Publisher) runLease(ctx context.Context, backoff *backoff) error {
 			// Transient: the keepalive decides whether the lease
 			// survives. Retried with backoff; the same error is logged
 			// once, not every second (a NOSPACE alarm can last).
-			retryAt = time.Now().Add(retry.next())
+			retryAt = time.Now().Add(putBackoff.Next())
 			if msg := err.Error(); msg != lastErr {
 				lastErr = msg
 				p.Log.Warn("publish node document", "node", p.name, "err", ExplainNoSpace(err))
 			}
 		default:
 			last, lastWrite, retryAt, lastErr = written, time.Now(), time.Time{}, ""
-			retry.reset()
+			putBackoff.Reset()
 		}
 	}
 }
@@ -219,28 +220,5 @@ func (p *Publisher) revoke(lease clientv3.LeaseID) {
 	defer cancel()
 	if _, err := p.cli.Revoke(ctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		p.Log.Debug("revoke node document lease", "node", p.name, "err", err)
-	}
-}
-
-type backoff struct{ min, max, cur time.Duration }
-
-func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
-
-func (b *backoff) next() time.Duration {
-	d := b.cur
-	b.cur = min(b.cur*2, b.max)
-	return d
-}
-
-func (b *backoff) reset() { b.cur = b.min }
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/netsetup"
 	"github.com/berth-os/berth/agent/runtime"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // ImageStore is what the manager needs of agent/images.
@@ -171,18 +172,17 @@ func (m *Manager) Run(ctx context.Context, cli *clientv3.Client) error {
 	wg.Go(func() { m.accountUsage(ctx) })
 	wg.Go(func() { m.collectImages(ctx) })
 
-	backoff := time.Second
+	// Not retry.Do: syncAssignments has no success, it follows the
+	// assignments until ctx ends or the watch breaks.
+	backoff := retry.NewBackoff(retry.Policy{Initial: time.Second, Max: 10 * time.Second})
 	for ctx.Err() == nil {
 		err := m.syncAssignments(ctx)
 		if ctx.Err() != nil {
 			break
 		}
-		m.log.Warn("assignment watch interrupted; containers keep running", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 10*time.Second)
+		wait := backoff.Next()
+		m.log.Warn("assignment watch interrupted; containers keep running", "err", err, "retry_in", wait)
+		retry.Sleep(ctx, wait)
 	}
 	m.mu.Lock()
 	for _, w := range m.workers {

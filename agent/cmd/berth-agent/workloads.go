@@ -27,6 +27,7 @@ import (
 	"github.com/berth-os/berth/agent/sched"
 	"github.com/berth-os/berth/agent/state"
 	"github.com/berth-os/berth/agent/workload"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // workloads wires the container side of the agent into cluster.Options:
@@ -117,23 +118,21 @@ func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error
 // administrator to re-add each tenant, which would also reset its quota.
 // It retries until it has checked every role; it never stops the agent.
 func ensureTenantRoles(ctx context.Context, cli *clientv3.Client, log *slog.Logger) {
-	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {
+	// Only ctx's end makes it give up, and that needs no report.
+	_ = retry.Do(ctx, retry.Policy{
+		Initial: time.Second, Max: 30 * time.Second,
+		OnRetry: func(err error, wait time.Duration) {
+			log.Warn("checking tenant roles failed; retrying", "err", err, "retry_in", wait)
+		},
+	}, func() error {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		fixed, err := ctl.EnsureTenantRoles(rctx, cli)
 		cancel()
 		for _, f := range fixed {
 			log.Info("tenant role brought up to date", "tenant", f.Tenant, "granted", f.Granted)
 		}
-		if err == nil {
-			return
-		}
-		log.Warn("checking tenant roles failed; retrying", "err", err, "retry_in", delay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-	}
+		return err
+	})
 }
 
 // lazyNodeTransport is an HTTPS transport that presents this node's
