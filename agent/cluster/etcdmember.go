@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -158,6 +159,32 @@ func (m *etcdMember) id() uint64 {
 		return uint64(e.Server.MemberID())
 	}
 	return 0
+}
+
+// status is what etcd's Status RPC would answer for this member, read
+// from the server in this process: the RPC dials a new TLS connection per
+// call, which the space loop's look every few seconds paid for on every
+// node (a handshake costs tens of milliseconds of CPU under emulation).
+func (m *etcdMember) status() (*clientv3.StatusResponse, error) {
+	e := m.e.Load()
+	if e == nil {
+		return nil, errors.New("etcd member not running")
+	}
+	s := e.Server
+	resp := &clientv3.StatusResponse{
+		Header:           &etcdserverpb.ResponseHeader{MemberId: uint64(s.MemberID()), Revision: s.KV().Rev(), RaftTerm: s.Term()},
+		Leader:           uint64(s.Leader()),
+		RaftIndex:        s.CommittedIndex(),
+		RaftAppliedIndex: s.AppliedIndex(),
+		RaftTerm:         s.Term(),
+		DbSize:           s.Backend().Size(),
+		DbSizeInUse:      s.Backend().SizeInUse(),
+		IsLearner:        s.IsLearner(),
+	}
+	for _, a := range s.Alarms() {
+		resp.Errors = append(resp.Errors, a.String())
+	}
+	return resp, nil
 }
 
 // leader is the leader's member ID as this member knows it.

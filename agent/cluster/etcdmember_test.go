@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -234,5 +235,44 @@ func TestAPIServerWithoutCAKey(t *testing.T) {
 		if rec.Code != http.StatusNotFound {
 			t.Errorf("%s without the CA key: %d", path, rec.Code)
 		}
+	}
+}
+
+// The in-process status says what the Status RPC says about the fields the
+// space loop reads: revision, leader, database size and a NOSPACE alarm.
+func TestEtcdMemberStatusMatchesRPC(t *testing.T) {
+	b := startBootstrapped(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := b.cli.Put(ctx, "/berth/v1/test/status", "x"); err != nil {
+		t.Fatal(err)
+	}
+	rpc, err := b.cli.Status(ctx, b.opts.ClientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := b.member.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.Header.Revision != rpc.Header.Revision || own.Leader != rpc.Leader || own.Header.MemberId != rpc.Header.MemberId ||
+		own.DbSize != rpc.DbSize || own.DbSizeInUse != rpc.DbSizeInUse || own.IsLearner != rpc.IsLearner {
+		t.Fatalf("in-process status %+v\nRPC status %+v", own, rpc)
+	}
+	if hasNoSpace(own.Errors) {
+		t.Fatalf("alarm without cause: %v", own.Errors)
+	}
+	// Raise NOSPACE as etcd does when the quota is hit.
+	if _, err := b.member.e.Load().Server.Alarm(ctx, &etcdserverpb.AlarmRequest{Action: etcdserverpb.AlarmRequest_ACTIVATE,
+		MemberID: b.member.id(), Alarm: etcdserverpb.AlarmType_NOSPACE}); err != nil {
+		t.Fatal(err)
+	}
+	own, _ = b.member.status()
+	rpc, err = b.cli.Status(ctx, b.opts.ClientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasNoSpace(own.Errors) || !hasNoSpace(rpc.Errors) {
+		t.Fatalf("NOSPACE: in-process %v, RPC %v", own.Errors, rpc.Errors)
 	}
 }

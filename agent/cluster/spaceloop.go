@@ -110,11 +110,7 @@ func (a *Agent) ownStatus(ctx context.Context) (*clientv3.StatusResponse, error)
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if a.member.running() {
-		local, err := a.member.localClient()
-		if err != nil {
-			return nil, err
-		}
-		return local.Status(cctx, a.opts.ClientURL)
+		return a.member.status()
 	}
 	var errs []error
 	for _, ep := range a.cli.Endpoints() {
