@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-os/berth/internal/osrelease"
 	"github.com/berth-os/berth/updater/layout"
 	"github.com/berth-os/berth/updater/slot"
 )
@@ -282,36 +283,14 @@ func unameRelease() (string, error) {
 // sets IMAGE_ID and the berth version key; other systems fall back to ID and
 // VERSION_ID.
 func readOSInfo(path string) (OS, error) {
-	data, err := os.ReadFile(path)
+	kv, err := osrelease.Read(path)
 	if err != nil {
 		return OS{}, fmt.Errorf("os-release: %w", err)
 	}
-	kv := parseOSRelease(data)
 	return OS{
 		Name:    firstNonEmpty(kv["IMAGE_ID"], kv["ID"]),
 		Version: firstNonEmpty(kv[layout.OSReleaseVersionKey], kv["IMAGE_VERSION"], kv["VERSION_ID"]),
 	}, nil
-}
-
-func parseOSRelease(data []byte) map[string]string {
-	kv := map[string]string{}
-	for line := range strings.Lines(string(data)) {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		if uq, err := strconv.Unquote(v); err == nil {
-			v = uq
-		} else {
-			v = strings.Trim(v, `'"`)
-		}
-		kv[k] = v
-	}
-	return kv
 }
 
 func firstNonEmpty(vals ...string) string {
