@@ -123,7 +123,7 @@ func (d *Driver) Run(ctx context.Context, cli *clientv3.Client) error {
 		case err != nil && ctx.Err() == nil:
 			d.o.Log.Warn("rollout step failed", "err", err)
 		}
-		err = waitForChange(ctx, wch, d.o.Interval, nil)
+		err = waitForChange(ctx, wch, d.o.Interval)
 		cancel()
 		if err != nil {
 			return nil

@@ -29,25 +29,20 @@ type Leader struct {
 	Log      *slog.Logger
 }
 
-// errSessionLost ends a term of leadership: the election key is gone.
-var errSessionLost = errors.New("rollout leader session lost")
-
 // settle lets a burst of changes (many nodes' statuses at once) arrive
 // before the next look at the state.
 const settle = 200 * time.Millisecond
 
 // waitForChange waits for an event on wch (a watch of Prefix started
-// before the last read, so no change in between is missed), the interval,
-// ctx's end or lost closing, then lets a burst of changes settle. It
-// returns ctx's error, errSessionLost, or nil for another round.
-func waitForChange(ctx context.Context, wch clientv3.WatchChan, interval time.Duration, lost <-chan struct{}) error {
+// before the last read, so no change in between is missed), the interval
+// or ctx's end (for the leader, also the end of its term), then lets a
+// burst of changes settle. It returns ctx's error or nil for another round.
+func waitForChange(ctx context.Context, wch clientv3.WatchChan, interval time.Duration) error {
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-lost:
-		return errSessionLost
 	case <-wch:
 	case <-timer.C:
 	}
@@ -96,8 +91,7 @@ func (l *Leader) lead(ctx context.Context, cli *clientv3.Client) error {
 		if err != nil && !errors.Is(err, ErrConflict) && ctx.Err() == nil {
 			l.Log.Warn("rollout leader: evaluate", "err", err)
 		}
-		// The term's ctx already ends when leadership is lost.
-		err = waitForChange(ctx, wch, l.Interval, nil)
+		err = waitForChange(ctx, wch, l.Interval)
 		cancel()
 		if err != nil {
 			return err
