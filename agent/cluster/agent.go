@@ -24,7 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Agent is one node's cluster agent.
@@ -36,10 +36,10 @@ type Agent struct {
 	member  *etcdMember
 	records *recordStore // set by Run once the record is known
 	cli     *clientv3.Client
-	pub     atomic.Pointer[state.Publisher]
+	pub     atomic.Pointer[nodedoc.Publisher]
 
-	role     atomic.Value // string: state.RoleVoter, RoleLearner or RoleClient
-	space    atomic.Value // string: state.SpaceLow, SpaceFull or ""
+	role     atomic.Value // string: nodedoc.RoleVoter, RoleLearner or RoleClient
+	space    atomic.Value // string: nodedoc.SpaceLow, SpaceFull or ""
 	ready    atomic.Bool
 	etcdDown atomic.Bool
 	readyCh  chan struct{}
@@ -115,12 +115,12 @@ func (a *Agent) run(ctx context.Context) error {
 	a.records = &recordStore{dir: a.prov.dir, rec: rec}
 
 	if rec.Member {
-		a.setRole(state.RoleLearner) // until the member list says otherwise
+		a.setRole(nodedoc.RoleLearner) // until the member list says otherwise
 		if err := a.member.start(ctx, rec.clone()); err != nil {
 			return err
 		}
 	} else {
-		a.setRole(state.RoleClient)
+		a.setRole(nodedoc.RoleClient)
 	}
 	// Close etcd last, after the clients: deferred first.
 	defer a.member.close()
@@ -217,16 +217,16 @@ func (a *Agent) run(ctx context.Context) error {
 func (a *Agent) authSetup() authSetup {
 	return authSetup{
 		Node: a.opts.Name,
-		Config: state.ClusterConfig{
+		Config: nodedoc.ClusterConfig{
 			Voters:           a.opts.Voters,
 			DeadAfterSeconds: int(a.opts.DeadAfter / time.Second),
 			CAHash:           caHash(a.prov.dir),
 		},
-		Role: state.RoleEntry{Role: state.RoleVoter, PeerURL: a.opts.PeerURL, ClientURL: a.opts.ClientURL, APIURL: a.opts.APIURL},
+		Role: nodedoc.RoleEntry{Role: nodedoc.RoleVoter, PeerURL: a.opts.PeerURL, ClientURL: a.opts.ClientURL, APIURL: a.opts.APIURL},
 	}
 }
 
-func (a *Agent) publisher() *state.Publisher { return a.pub.Load() }
+func (a *Agent) publisher() *nodedoc.Publisher { return a.pub.Load() }
 
 // Republish puts the node document now rather than at the next poll, so
 // that a change such as the start of draining reaches the scheduler at
@@ -258,7 +258,7 @@ func (a *Agent) connect(rec *dataDirRecord) error {
 		return err
 	}
 	eps := slices.Clone(rec.Endpoints)
-	if rec.Member && !slices.Contains(eps, a.opts.ClientURL) && a.Role() == state.RoleVoter {
+	if rec.Member && !slices.Contains(eps, a.opts.ClientURL) && a.Role() == nodedoc.RoleVoter {
 		eps = append(eps, a.opts.ClientURL)
 	}
 	if rec.Member && len(eps) == 0 {

@@ -11,8 +11,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // OpsUser is the etcd user (and certificate CN) of operators: read-only on
@@ -30,9 +30,9 @@ type authSetup struct {
 	// a root user.
 	Node string
 	// Config is the cluster's configuration document.
-	Config state.ClusterConfig
+	Config nodedoc.ClusterConfig
 	// Role is the node's role entry (a voter).
-	Role state.RoleEntry
+	Role nodedoc.RoleEntry
 }
 
 // setupAuth writes the cluster config and the node's role, creates the
@@ -60,14 +60,14 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, s authSetup, log *slog
 		what string
 		do   func() error
 	}{
-		{"write cluster config", func() error { _, err := cli.Put(ctx, state.ClusterConfigKey, string(cfg)); return err }},
-		{"write role", func() error { _, err := cli.Put(ctx, state.RoleKey(s.Node), string(role)); return err }},
+		{"write cluster config", func() error { _, err := cli.Put(ctx, nodedoc.ClusterConfigKey, string(cfg)); return err }},
+		{"write role", func() error { _, err := cli.Put(ctx, nodedoc.RoleKey(s.Node), string(role)); return err }},
 		{"add role root", func() error { _, err := cli.RoleAdd(ctx, "root"); return err }},
 		{"add user root", func() error { return addUser("root", "root") }},
 		{"add node user", func() error { return addUser(s.Node, "root") }},
 		{"add role ops", func() error { _, err := cli.RoleAdd(ctx, OpsUser); return err }},
 		{"grant ops read", func() error {
-			_, err := cli.RoleGrantPermission(ctx, OpsUser, state.Prefix, clientv3.GetPrefixRangeEnd(state.Prefix), clientv3.PermissionType(clientv3.PermRead))
+			_, err := cli.RoleGrantPermission(ctx, OpsUser, nodedoc.Prefix, clientv3.GetPrefixRangeEnd(nodedoc.Prefix), clientv3.PermissionType(clientv3.PermRead))
 			return err
 		}},
 		{"add user ops", func() error { return addUser(OpsUser, OpsUser) }},
@@ -79,7 +79,7 @@ func setupAuth(ctx context.Context, cli *clientv3.Client, s authSetup, log *slog
 			return fmt.Errorf("bootstrap auth: %s: %w", st.what, err)
 		}
 	}
-	log.Info("etcd auth enabled", "ops_role", "read-only "+state.Prefix)
+	log.Info("etcd auth enabled", "ops_role", "read-only "+nodedoc.Prefix)
 	return nil
 }
 

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 // Options.Draining reaches the node document, and Republish puts it at
@@ -33,21 +33,21 @@ func TestDrainingPublishedOnRepublish(t *testing.T) {
 	go func() { done <- pub.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	published := func() (state.Node, bool) {
-		resp, err := a.cli.Get(context.Background(), state.NodeKey("node-1"))
+	published := func() (nodedoc.Node, bool) {
+		resp, err := a.cli.Get(context.Background(), nodedoc.NodeKey("node-1"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(resp.Kvs) == 0 {
-			return state.Node{}, false
+			return nodedoc.Node{}, false
 		}
-		n, err := state.ParseNode(resp.Kvs[0].Value)
+		n, err := nodedoc.ParseNode(resp.Kvs[0].Value)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return n, true
 	}
-	waitDoc := func(what string, cond func(state.Node) bool) {
+	waitDoc := func(what string, cond func(nodedoc.Node) bool) {
 		t.Helper()
 		deadline := time.Now().Add(3 * time.Second)
 		for {
@@ -60,11 +60,11 @@ func TestDrainingPublishedOnRepublish(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	waitDoc("first document, not draining", func(n state.Node) bool { return !n.Draining })
+	waitDoc("first document, not draining", func(n nodedoc.Node) bool { return !n.Draining })
 	draining.Store(true)
 	a.Republish()
-	waitDoc("draining published", func(n state.Node) bool { return n.Draining })
+	waitDoc("draining published", func(n nodedoc.Node) bool { return n.Draining })
 	draining.Store(false)
 	a.Republish()
-	waitDoc("end of draining published", func(n state.Node) bool { return !n.Draining })
+	waitDoc("end of draining published", func(n nodedoc.Node) bool { return !n.Draining })
 }

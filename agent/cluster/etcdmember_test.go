@@ -17,9 +17,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berth-os/berth/agent/joinapi"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
 )
 
 // The member's etcd configuration follows the settings and the record.
@@ -100,8 +100,8 @@ func startBootstrapped(t *testing.T) *bootstrapped {
 	}
 	t.Cleanup(func() { cli.Close() })
 	b := &bootstrapped{opts: opts, dir: p.dir, member: m, cli: cli, token: *shown}
-	setup := authSetup{Node: "node-1", Config: state.ClusterConfig{Voters: 1, DeadAfterSeconds: 30, CAHash: caHash(p.dir)},
-		Role: state.RoleEntry{Role: state.RoleVoter, PeerURL: opts.PeerURL, ClientURL: opts.ClientURL, APIURL: opts.APIURL}}
+	setup := authSetup{Node: "node-1", Config: nodedoc.ClusterConfig{Voters: 1, DeadAfterSeconds: 30, CAHash: caHash(p.dir)},
+		Role: nodedoc.RoleEntry{Role: nodedoc.RoleVoter, PeerURL: opts.PeerURL, ClientURL: opts.ClientURL, APIURL: opts.APIURL}}
 	if err := setupAuth(ctx, cli, setup, quietLog()); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestEtcdMemberStartAndAuth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// An interrupted bootstrap runs it again: everything exists already.
-	setup := authSetup{Node: "node-1", Config: state.ClusterConfig{Voters: 1}, Role: state.RoleEntry{Role: state.RoleVoter}}
+	setup := authSetup{Node: "node-1", Config: nodedoc.ClusterConfig{Voters: 1}, Role: nodedoc.RoleEntry{Role: nodedoc.RoleVoter}}
 	if err := setupAuth(ctx, b.cli, setup, quietLog()); err != nil {
 		t.Fatalf("second run: %v", err)
 	}
@@ -148,10 +148,10 @@ func TestEtcdMemberStartAndAuth(t *testing.T) {
 		}
 	}
 	ops, err := b.cli.RoleGet(ctx, OpsUser)
-	if err != nil || len(ops.Perm) != 1 || string(ops.Perm[0].Key) != state.Prefix || clientv3.PermissionType(ops.Perm[0].PermType) != clientv3.PermissionType(clientv3.PermRead) {
+	if err != nil || len(ops.Perm) != 1 || string(ops.Perm[0].Key) != nodedoc.Prefix || clientv3.PermissionType(ops.Perm[0].PermType) != clientv3.PermissionType(clientv3.PermRead) {
 		t.Fatalf("ops role: %+v, %v", ops, err)
 	}
-	got, err := b.cli.Get(ctx, state.RoleKey("node-1"))
+	got, err := b.cli.Get(ctx, nodedoc.RoleKey("node-1"))
 	if err != nil || len(got.Kvs) != 1 || !strings.Contains(string(got.Kvs[0].Value), `"voter"`) {
 		t.Fatalf("role entry: %v, %v", got, err)
 	}

@@ -14,7 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/internal/retry"
 )
 
@@ -28,18 +28,18 @@ func (a *Agent) refreshRole(ctx context.Context) {
 		return
 	}
 	if learner {
-		a.setRole(state.RoleLearner)
+		a.setRole(nodedoc.RoleLearner)
 		return
 	}
-	if a.Role() == state.RoleVoter {
+	if a.Role() == nodedoc.RoleVoter {
 		return
 	}
-	a.setRole(state.RoleVoter)
+	a.setRole(nodedoc.RoleVoter)
 	a.log.Info("this node is a voting member")
 	// The promoter records the role too, but its put may have failed or
 	// raced with this node's own "learner" entry: the member itself knows best.
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	a.updateRoleEntry(cctx, a.opts.Name, state.RoleVoter)
+	a.updateRoleEntry(cctx, a.opts.Name, nodedoc.RoleVoter)
 	cancel()
 	if eps := a.cli.Endpoints(); !slices.Contains(eps, a.opts.ClientURL) {
 		a.cli.SetEndpoints(append(slices.Clone(eps), a.opts.ClientURL)...)
@@ -137,7 +137,7 @@ func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 			}
 			promotionsTotal.Inc()
 			a.log.Info("promoted learner to voter", "name", act.Name)
-			a.updateRoleEntry(cctx, act.Name, state.RoleVoter)
+			a.updateRoleEntry(cctx, act.Name, nodedoc.RoleVoter)
 		case MemberRemoveUnstarted:
 			a.removeMember(cctx, m, act.Reason)
 		case MemberSpare:
@@ -155,13 +155,13 @@ func (a *Agent) reconcile(ctx context.Context, clocks *MemberClocks) error {
 
 // liveNodes names the nodes whose node document exists.
 func (a *Agent) liveNodes(ctx context.Context) (map[string]bool, error) {
-	docs, err := a.cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	docs, err := a.cli.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("list node documents: %w", err)
 	}
 	alive := map[string]bool{}
 	for _, kv := range docs.Kvs {
-		if name, ok := state.NameFromKey(state.NodesPrefix, string(kv.Key)); ok {
+		if name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, string(kv.Key)); ok {
 			alive[name] = true
 		}
 	}
@@ -186,13 +186,13 @@ func (a *Agent) fillVoterGap(ctx context.Context, clocks *MemberClocks, alive, h
 	if err != nil {
 		return fmt.Errorf("list members: %w", err)
 	}
-	got, err := a.cli.Get(ctx, state.ClusterConfigKey)
+	got, err := a.cli.Get(ctx, nodedoc.ClusterConfigKey)
 	if err != nil {
 		return fmt.Errorf("read cluster config: %w", err)
 	}
 	in := VoterGapInput{Now: time.Now(), DeadAfter: a.opts.DeadAfter, Members: memberInfos(list.Members),
 		Alive: alive, RebootHolders: holders, Clocks: *clocks}
-	var cfg state.ClusterConfig
+	var cfg nodedoc.ClusterConfig
 	if len(got.Kvs) > 0 && json.Unmarshal(got.Kvs[0].Value, &cfg) == nil {
 		in.Target = cfg.Voters
 	}
@@ -218,7 +218,7 @@ func (a *Agent) fillVoterGap(ctx context.Context, clocks *MemberClocks, alive, h
 				a.log.Warn("withdrew unanswered request to become a member", "name", act.Name)
 			}
 		case MemberAsk:
-			if _, err := a.cli.Put(ctx, state.PromoteKey(act.Name), time.Now().UTC().Format(time.RFC3339)); err != nil {
+			if _, err := a.cli.Put(ctx, nodedoc.PromoteKey(act.Name), time.Now().UTC().Format(time.RFC3339)); err != nil {
 				a.log.Warn("cannot ask client to become a member", "name", act.Name, "err", err)
 				continue
 			}
@@ -232,14 +232,14 @@ func (a *Agent) fillVoterGap(ctx context.Context, clocks *MemberClocks, alive, h
 }
 
 func (a *Agent) promoteRequests(ctx context.Context) ([]PromoteRequest, error) {
-	pending, err := a.cli.Get(ctx, state.PromotePrefix, clientv3.WithPrefix())
+	pending, err := a.cli.Get(ctx, nodedoc.PromotePrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list promotion requests: %w", err)
 	}
 	var out []PromoteRequest
 	for _, kv := range pending.Kvs {
 		r := PromoteRequest{Key: string(kv.Key)}
-		r.Name, _ = state.NameFromKey(state.PromotePrefix, r.Key)
+		r.Name, _ = nodedoc.NameFromKey(nodedoc.PromotePrefix, r.Key)
 		if asked, err := time.Parse(time.RFC3339, string(kv.Value)); err == nil {
 			r.AskedAt = asked
 		}
@@ -250,16 +250,16 @@ func (a *Agent) promoteRequests(ctx context.Context) ([]PromoteRequest, error) {
 
 // clientNodes names the nodes whose role entry says client, in key order.
 func (a *Agent) clientNodes(ctx context.Context) []string {
-	roles, err := a.cli.Get(ctx, state.RolesPrefix, clientv3.WithPrefix())
+	roles, err := a.cli.Get(ctx, nodedoc.RolesPrefix, clientv3.WithPrefix())
 	if err != nil {
 		a.log.Warn("cannot list roles to replace a voter", "err", err)
 		return nil
 	}
 	var out []string
 	for _, kv := range roles.Kvs {
-		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
-		var entry state.RoleEntry
-		if ok && json.Unmarshal(kv.Value, &entry) == nil && entry.Role == state.RoleClient {
+		name, ok := nodedoc.NameFromKey(nodedoc.RolesPrefix, string(kv.Key))
+		var entry nodedoc.RoleEntry
+		if ok && json.Unmarshal(kv.Value, &entry) == nil && entry.Role == nodedoc.RoleClient {
 			out = append(out, name)
 		}
 	}
@@ -293,13 +293,13 @@ func (a *Agent) removeMember(ctx context.Context, m *etcdserverpb.Member, why st
 }
 
 func (a *Agent) updateRoleEntry(ctx context.Context, name, role string) {
-	entry := state.RoleEntry{}
-	if got, err := a.cli.Get(ctx, state.RoleKey(name)); err == nil && len(got.Kvs) > 0 {
+	entry := nodedoc.RoleEntry{}
+	if got, err := a.cli.Get(ctx, nodedoc.RoleKey(name)); err == nil && len(got.Kvs) > 0 {
 		_ = json.Unmarshal(got.Kvs[0].Value, &entry)
 	}
 	entry.Role = role
 	data, _ := json.Marshal(entry)
-	if _, err := a.cli.Put(ctx, state.RoleKey(name), string(data)); err != nil {
+	if _, err := a.cli.Put(ctx, nodedoc.RoleKey(name), string(data)); err != nil {
 		a.log.Warn("cannot record role", "name", name, "role", role, "err", err)
 	}
 }
@@ -322,7 +322,7 @@ func (a *Agent) watchPromotion(ctx context.Context) error {
 // waitAsked returns nil once this node's promote key exists, an error when
 // the watch broke first.
 func (a *Agent) waitAsked(ctx context.Context) error {
-	key := state.PromoteKey(a.opts.Name)
+	key := nodedoc.PromoteKey(a.opts.Name)
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := a.cli.Watch(wctx, key)
@@ -397,12 +397,12 @@ func (a *Agent) becomeMember(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.setRole(state.RoleLearner)
+	a.setRole(nodedoc.RoleLearner)
 	// Before etcd starts: once it is ready the leader may promote it at
 	// once, and a later "learner" entry would overwrite "voter".
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
-	a.updateRoleEntry(cctx, a.opts.Name, state.RoleLearner)
-	_, _ = a.cli.Delete(cctx, state.PromoteKey(a.opts.Name))
+	a.updateRoleEntry(cctx, a.opts.Name, nodedoc.RoleLearner)
+	_, _ = a.cli.Delete(cctx, nodedoc.PromoteKey(a.opts.Name))
 	cancel()
 	if err := a.member.start(ctx, a.records.get()); err != nil {
 		return err

@@ -12,7 +12,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/berth-os/berth/agent/config"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Options configure an Agent. The settings come from a validated
@@ -39,7 +39,7 @@ type Options struct {
 	QuotaBytes          int64
 	CompactionRetention time.Duration
 	DefragInterval      time.Duration
-	// NodeRefresh is the node document's slow refresh (state.Publisher's
+	// NodeRefresh is the node document's slow refresh (nodedoc.Publisher's
 	// Interval).
 	NodeRefresh time.Duration
 	// Labels are the node's labels, published in its node document.
@@ -53,8 +53,8 @@ type Options struct {
 	Log          *slog.Logger // default slog.Default()
 	// TokenOutput receives the join token once, at bootstrap (default stdout).
 	TokenOutput func(token string)
-	// Collector fills the node document; nil means a default state.Collector.
-	Collector *state.Collector
+	// Collector fills the node document; nil means a default nodedoc.Collector.
+	Collector *nodedoc.Collector
 	// Containers counts the node's running and all containers for the
 	// node document; nil reports zero.
 	Containers func() (running, total int)
@@ -96,7 +96,7 @@ func OptionsFrom(cfg config.Config) Options {
 // check refuses settings left zero, naming each by its configuration
 // key; it fills the defaults of the hooks only.
 func (o *Options) check() error {
-	if err := state.CheckName(o.Name); err != nil {
+	if err := nodedoc.CheckName(o.Name); err != nil {
 		return fmt.Errorf("cluster options: name: %w", err)
 	}
 	var missing []string

@@ -5,26 +5,26 @@ import (
 	"sync"
 	"time"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // newPublisher is the node document's publisher, collecting the agent's
 // role, readiness and etcd space with what Options adds.
-func (a *Agent) newPublisher() *state.Publisher {
+func (a *Agent) newPublisher() *nodedoc.Publisher {
 	c := a.opts.Collector
 	if c == nil {
 		host := a.opts.ClientURL
 		if u, err := url.Parse(a.opts.ClientURL); err == nil {
 			host = u.Hostname()
 		}
-		c = &state.Collector{
+		c = &nodedoc.Collector{
 			Name: a.opts.Name, Addresses: []string{host}, ClientURL: a.opts.ClientURL,
 			AgentVersion: a.opts.AgentVersion, Started: time.Now(), Log: a.log,
 			Labels: a.opts.Labels, Containers: a.opts.Containers,
 		}
 	}
 	var mu sync.Mutex // the publisher may collect from more than one goroutine
-	collect := func() state.Node {
+	collect := func() nodedoc.Node {
 		mu.Lock()
 		defer mu.Unlock()
 		c.Role = a.Role()
@@ -42,7 +42,7 @@ func (a *Agent) newPublisher() *state.Publisher {
 		}
 		return c.Collect()
 	}
-	p := state.NewPublisher(a.cli, a.opts.Name, collect, a.opts.NodeTTL)
+	p := nodedoc.NewPublisher(a.cli, a.opts.Name, collect, a.opts.NodeTTL)
 	p.Interval = a.opts.NodeRefresh
 	p.Log = a.log
 	p.OnWrite = func(reason string) { nodeWritesTotal.WithLabelValues(reason).Inc() }

@@ -12,7 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/internal/atomicfile"
 )
 
@@ -94,13 +94,13 @@ func (a *Agent) recordJoinURLs(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
-		resp, err := a.cli.Get(cctx, state.RolesPrefix, clientv3.WithPrefix())
+		resp, err := a.cli.Get(cctx, nodedoc.RolesPrefix, clientv3.WithPrefix())
 		cancel()
 		if err == nil {
 			var urls []string
 			for _, kv := range resp.Kvs {
-				var r state.RoleEntry
-				name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
+				var r nodedoc.RoleEntry
+				name, ok := nodedoc.NameFromKey(nodedoc.RolesPrefix, string(kv.Key))
 				if ok && name != a.opts.Name && json.Unmarshal(kv.Value, &r) == nil && r.APIURL != "" {
 					urls = append(urls, r.APIURL)
 				}

@@ -12,7 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 const (
@@ -30,8 +30,8 @@ const (
 	spaceLowNum, spaceLowDen = 4, 5
 )
 
-// Space is what the node document says of etcd's space: state.SpaceLow,
-// state.SpaceFull or "".
+// Space is what the node document says of etcd's space: nodedoc.SpaceLow,
+// nodedoc.SpaceFull or "".
 func (a *Agent) Space() string { return a.space.Load().(string) }
 
 // spaceLoopState is what the space loop remembers between looks.
@@ -82,13 +82,13 @@ func (a *Agent) checkSpace(ctx context.Context, st *spaceLoopState) (acted bool,
 	member := a.member.running()
 	space := ""
 	if member && status.DbSize*spaceLowDen >= a.opts.QuotaBytes*spaceLowNum {
-		space = state.SpaceLow
+		space = nodedoc.SpaceLow
 	}
 	if alarm {
-		space = state.SpaceFull
+		space = nodedoc.SpaceFull
 	}
 	if old := a.space.Swap(space); old != space {
-		if space == state.SpaceLow {
+		if space == nodedoc.SpaceLow {
 			a.log.Warn("etcd member's database past 80% of its quota", "size", humanize.IBytes(uint64(status.DbSize)),
 				"in_use", humanize.IBytes(uint64(status.DbSizeInUse)), "quota", humanize.IBytes(uint64(a.opts.QuotaBytes)))
 		}
@@ -140,7 +140,7 @@ func (a *Agent) noteAlarm(st *spaceLoopState, alarm bool) {
 	st.alarm = alarm
 	if alarm {
 		nospaceGauge.Set(1)
-		a.log.Error("etcd NOSPACE alarm: the cluster refuses writes", "quota", humanize.IBytes(uint64(a.opts.QuotaBytes)), "what_next", state.NoSpaceHint)
+		a.log.Error("etcd NOSPACE alarm: the cluster refuses writes", "quota", humanize.IBytes(uint64(a.opts.QuotaBytes)), "what_next", nodedoc.NoSpaceHint)
 		return
 	}
 	nospaceGauge.Set(0)

@@ -21,8 +21,8 @@ import (
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // DefaultPath is where the agent looks for its configuration file when
@@ -102,7 +102,7 @@ func (c *Config) setDefaults() {
 		c.Voters = 3
 	}
 	dur(&c.DeadAfter, 30*time.Second)
-	dur(&c.NodeTTL, state.DefaultTTL)
+	dur(&c.NodeTTL, nodedoc.DefaultTTL)
 	dur(&c.HeartbeatInterval, 100*time.Millisecond)
 	dur(&c.ElectionTimeout, time.Second)
 	str(&c.LogLevel, "info")
@@ -112,7 +112,7 @@ func (c *Config) setDefaults() {
 	}
 	dur(&c.CompactionRetention, 5*time.Minute)
 	dur(&c.DefragInterval, time.Hour)
-	dur(&c.NodeRefresh, state.DefaultRefresh)
+	dur(&c.NodeRefresh, nodedoc.DefaultRefresh)
 	dur(&c.RescheduleGrace, 10*time.Second)
 	str(&c.StateDir, "/var/lib/berth")
 	str(&c.Bridge, "berth0")
@@ -272,7 +272,7 @@ func (c *Config) Validate() error {
 		}
 		c.Name = strings.ToLower(host)
 	}
-	if err := state.CheckName(c.Name); err != nil {
+	if err := nodedoc.CheckName(c.Name); err != nil {
 		return fmt.Errorf("name: %w", err)
 	}
 

@@ -13,8 +13,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/ctl"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 // BenchmarkNodes1000 uses simulated nodes: 1,000 node documents, each with
@@ -36,7 +36,7 @@ func BenchmarkNodes1000(b *testing.B) {
 	defer cancel()
 
 	var puts atomic.Int64
-	watch := cli.Watch(ctx, state.NodesPrefix, clientv3.WithPrefix())
+	watch := cli.Watch(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix())
 	go func() {
 		for wr := range watch {
 			for _, ev := range wr.Events {
@@ -48,11 +48,11 @@ func BenchmarkNodes1000(b *testing.B) {
 	}()
 
 	start := time.Now()
-	pubs := make([]*state.Publisher, nodes)
+	pubs := make([]*nodedoc.Publisher, nodes)
 	for i := range pubs {
-		doc := state.Node{Role: "client", Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: "6.1.0-bench",
-			OS: state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}, BootTime: time.Now().Add(-time.Hour)}
-		p := state.NewPublisher(cli, fmt.Sprintf("sim-%04d", i), func() state.Node { return doc }, 0)
+		doc := nodedoc.Node{Role: "client", Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: "6.1.0-bench",
+			OS: nodedoc.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}, BootTime: time.Now().Add(-time.Hour)}
+		p := nodedoc.NewPublisher(cli, fmt.Sprintf("sim-%04d", i), func() nodedoc.Node { return doc }, 0)
 		p.Poll = time.Hour // documents never change here; heartbeats only
 		p.Log = quiet
 		pubs[i] = p

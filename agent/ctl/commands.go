@@ -12,7 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Readiness shown in the READY column.
@@ -25,10 +25,10 @@ const (
 // a node that has a role entry but no document: its lease expired, so it is
 // down or cut off.
 type NodeRow struct {
-	Name     string      `json:"name"`
-	Role     string      `json:"role"`
-	Status   string      `json:"status"`
-	Document *state.Node `json:"document"`
+	Name     string        `json:"name"`
+	Role     string        `json:"role"`
+	Status   string        `json:"status"`
+	Document *nodedoc.Node `json:"document"`
 }
 
 // NodeList is the JSON/YAML output of `berthctl nodes`.
@@ -39,19 +39,19 @@ type NodeList struct {
 // ListNodes reads every node document and role entry and joins them by name.
 func ListNodes(ctx context.Context, cli *clientv3.Client) (NodeList, error) {
 	resp, err := cli.Txn(ctx).Then(
-		clientv3.OpGet(state.NodesPrefix, clientv3.WithPrefix()),
-		clientv3.OpGet(state.RolesPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(nodedoc.NodesPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(nodedoc.RolesPrefix, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return NodeList{}, err
 	}
 	rows := map[string]*NodeRow{}
 	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		name, ok := state.NameFromKey(state.NodesPrefix, string(kv.Key))
+		name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, string(kv.Key))
 		if !ok {
 			continue
 		}
-		n, err := state.ParseNode(kv.Value)
+		n, err := nodedoc.ParseNode(kv.Value)
 		if err != nil {
 			return NodeList{}, fmt.Errorf("%s: %w", kv.Key, err)
 		}
@@ -62,11 +62,11 @@ func ListNodes(ctx context.Context, cli *clientv3.Client) (NodeList, error) {
 		rows[name] = &NodeRow{Name: name, Role: n.Role, Status: status, Document: &n}
 	}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
+		name, ok := nodedoc.NameFromKey(nodedoc.RolesPrefix, string(kv.Key))
 		if !ok {
 			continue
 		}
-		var r state.RoleEntry
+		var r nodedoc.RoleEntry
 		if err := json.Unmarshal(kv.Value, &r); err != nil {
 			return NodeList{}, fmt.Errorf("%s: decode role entry: %w", kv.Key, err)
 		}
@@ -148,7 +148,7 @@ func spaceWarnings(ctx context.Context, s *session, list NodeList) []string {
 		}
 		for _, e := range st.Errors {
 			if strings.Contains(e, "NOSPACE") {
-				out = append(out, "WARNING: etcd NOSPACE alarm: "+state.NoSpaceHint)
+				out = append(out, "WARNING: etcd NOSPACE alarm: "+nodedoc.NoSpaceHint)
 				break
 			}
 		}
@@ -156,7 +156,7 @@ func spaceWarnings(ctx context.Context, s *session, list NodeList) []string {
 	}
 	var low []string
 	for _, r := range list.Items {
-		if r.Document != nil && r.Document.EtcdSpace == state.SpaceLow {
+		if r.Document != nil && r.Document.EtcdSpace == nodedoc.SpaceLow {
 			low = append(low, r.Name)
 		}
 	}
@@ -168,12 +168,12 @@ func spaceWarnings(ctx context.Context, s *session, list NodeList) []string {
 
 func cmdNode(ctx context.Context, s *session) error {
 	name := s.opts.args[0]
-	if err := state.CheckName(name); err != nil {
+	if err := nodedoc.CheckName(name); err != nil {
 		return fail(ExitUsage, "%v", err)
 	}
 	var doc, role []byte
 	err := s.request(ctx, "get node "+name, func(ctx context.Context) error {
-		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(state.NodeKey(name)), clientv3.OpGet(state.RoleKey(name))).Commit()
+		resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(nodedoc.NodeKey(name)), clientv3.OpGet(nodedoc.RoleKey(name))).Commit()
 		if err != nil {
 			return err
 		}
@@ -190,15 +190,15 @@ func cmdNode(ctx context.Context, s *session) error {
 	}
 	if doc == nil {
 		if role != nil {
-			var r state.RoleEntry
+			var r nodedoc.RoleEntry
 			_ = json.Unmarshal(role, &r) // only for the message
 			return fail(ExitNotFound, "node %q has no document: it is NotReady (registered as %s, its lease expired)", name, orDash(r.Role))
 		}
 		return fail(ExitNotFound, "node %q not found", name)
 	}
-	n, err := state.ParseNode(doc)
+	n, err := nodedoc.ParseNode(doc)
 	if err != nil {
-		return fmt.Errorf("%s: %w", state.NodeKey(name), err)
+		return fmt.Errorf("%s: %w", nodedoc.NodeKey(name), err)
 	}
 	if s.opts.output != "table" {
 		return writeStructured(s.sys.Stdout, s.opts.output, n)
@@ -278,11 +278,11 @@ func leaderID(ctx context.Context, cli *clientv3.Client) (uint64, error) {
 
 // WatchEvent is one line of `berthctl watch -o json`.
 type WatchEvent struct {
-	Time     time.Time   `json:"time"`
-	Type     string      `json:"type"` // PUT or DELETE
-	Name     string      `json:"name"`
-	Revision int64       `json:"revision"`
-	Document *state.Node `json:"document,omitempty"`
+	Time     time.Time     `json:"time"`
+	Type     string        `json:"type"` // PUT or DELETE
+	Name     string        `json:"name"`
+	Revision int64         `json:"revision"`
+	Document *nodedoc.Node `json:"document,omitempty"`
 }
 
 func cmdWatch(ctx context.Context, s *session) error {
@@ -290,7 +290,7 @@ func cmdWatch(ctx context.Context, s *session) error {
 	// watch alone would wait silently) and no change after it is missed.
 	var rev int64
 	err := s.request(ctx, "watch nodes", func(ctx context.Context) error {
-		resp, err := s.cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := s.cli.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err == nil {
 			rev = resp.Header.Revision
 		}
@@ -301,7 +301,7 @@ func cmdWatch(ctx context.Context, s *session) error {
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range s.cli.Watch(wctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for wr := range s.cli.Watch(wctx, nodedoc.NodesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -309,14 +309,14 @@ func cmdWatch(ctx context.Context, s *session) error {
 			return explain("watch nodes", err, s.opts.cfg, s.opts.timeout)
 		}
 		for _, ev := range wr.Events {
-			name, ok := state.NameFromKey(state.NodesPrefix, string(ev.Kv.Key))
+			name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, string(ev.Kv.Key))
 			if !ok {
 				continue
 			}
 			we := WatchEvent{Time: s.sys.Now().UTC().Truncate(time.Second), Type: "PUT", Name: name, Revision: ev.Kv.ModRevision}
 			if ev.Type == clientv3.EventTypeDelete {
 				we.Type = "DELETE"
-			} else if n, err := state.ParseNode(ev.Kv.Value); err == nil {
+			} else if n, err := nodedoc.ParseNode(ev.Kv.Value); err == nil {
 				we.Document = &n
 			}
 			if err := writeWatchLine(s, we); err != nil {

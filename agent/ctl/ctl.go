@@ -1,5 +1,5 @@
 // Package ctl is berthctl: it reads the node documents and cluster layout
-// that berth agents keep in etcd (agent/state) and prints them.
+// that berth agents keep in etcd (agent/nodedoc) and prints them.
 package ctl
 
 import (

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/ctl"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -56,9 +56,9 @@ func envFor(e *etcdtest.Etcd) map[string]string {
 	}
 }
 
-func publish(t *testing.T, e *etcdtest.Etcd, n state.Node) (stop func()) {
+func publish(t *testing.T, e *etcdtest.Etcd, n nodedoc.Node) (stop func()) {
 	t.Helper()
-	p := state.NewPublisher(e.Client(t), n.Name, func() state.Node { return n }, 0)
+	p := nodedoc.NewPublisher(e.Client(t), n.Name, func() nodedoc.Node { return n }, 0)
 	p.Log = quiet
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -75,8 +75,8 @@ func publish(t *testing.T, e *etcdtest.Etcd, n state.Node) (stop func()) {
 
 func putRole(t *testing.T, e *etcdtest.Etcd, name, role string) {
 	t.Helper()
-	data, _ := json.Marshal(state.RoleEntry{Role: role, ClientURL: "https://127.0.0.1:2379"})
-	if _, err := e.Client(t).Put(context.Background(), state.RoleKey(name), string(data)); err != nil {
+	data, _ := json.Marshal(nodedoc.RoleEntry{Role: role, ClientURL: "https://127.0.0.1:2379"})
+	if _, err := e.Client(t).Put(context.Background(), nodedoc.RoleKey(name), string(data)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -85,14 +85,14 @@ func putRole(t *testing.T, e *etcdtest.Etcd, name, role string) {
 // role but no document.
 func threeNodesAndADeadOne(t *testing.T) *etcdtest.Etcd {
 	e := etcdtest.Start(t, etcdtest.Options{})
-	docs := []state.Node{
+	docs := []nodedoc.Node{
 		{Name: "node-1", Role: "voter", Ready: true, BootTime: now.Add(-3 * time.Hour),
-			OS: state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "b", OtherSlotState: "good",
-				LastUpdate: &state.LastUpdate{State: "success", Version: "0.2.0"}}},
+			OS: nodedoc.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "b", OtherSlotState: "good",
+				LastUpdate: &nodedoc.LastUpdate{State: "success", Version: "0.2.0"}}},
 		{Name: "node-2", Role: "voter", Ready: true, BootTime: now.Add(-90 * time.Second),
-			OS: state.OS{Name: "berth-minimal", Version: "0.1.0", Slot: "a"}},
+			OS: nodedoc.OS{Name: "berth-minimal", Version: "0.1.0", Slot: "a"}},
 		{Name: "node-3", Role: "client", Ready: false, BootTime: now.Add(-50 * time.Hour),
-			OS: state.OS{Name: "debian", Version: "12"}},
+			OS: nodedoc.OS{Name: "debian", Version: "12"}},
 	}
 	for _, d := range docs {
 		d.Addresses = []string{"127.0.0.1"}
@@ -162,7 +162,7 @@ func TestNodeShowsDocumentOrNotFound(t *testing.T) {
 	if code != ctl.ExitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	n, err := state.ParseNode([]byte(out))
+	n, err := nodedoc.ParseNode([]byte(out))
 	if err != nil {
 		t.Fatalf("node -o json is not a node document: %v\n%s", err, out)
 	}
@@ -223,7 +223,7 @@ func TestWatchStreamsPutsAndDeletes(t *testing.T) {
 		done <- ctl.Main(ctx, []string{"watch"}, ctl.IO{Stdout: &out, Stderr: &errOut, Getenv: func(k string) string { return env[k] }})
 	}()
 	time.Sleep(300 * time.Millisecond) // let the watch start; it resumes from its first revision anyway
-	stop := publish(t, e, state.Node{Name: "node-9", Role: "voter", Ready: true, OS: state.OS{Version: "0.3.0", Slot: "a"}})
+	stop := publish(t, e, nodedoc.Node{Name: "node-9", Role: "voter", Ready: true, OS: nodedoc.OS{Version: "0.3.0", Slot: "a"}})
 	stop() // revokes the lease: the document goes
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && !strings.Contains(out.String(), "DELETE node-9") {
@@ -379,8 +379,8 @@ func TestHumanDuration(t *testing.T) {
 // write fails with what happens next and the remedy.
 func TestNoSpaceWarningAndError(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{QuotaBytes: 2 << 20})
-	publish(t, e, state.Node{Name: "node-1", Role: "voter", Ready: true, EtcdSpace: state.SpaceLow,
-		OS: state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}})
+	publish(t, e, nodedoc.Node{Name: "node-1", Role: "voter", Ready: true, EtcdSpace: nodedoc.SpaceLow,
+		OS: nodedoc.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}})
 	env := envFor(e)
 	code, out, _ := berthctl(t, env, "nodes")
 	if code != ctl.ExitOK || !strings.HasPrefix(out, "WARNING: etcd database past 80% of its quota on node-1") {
@@ -392,7 +392,7 @@ func TestNoSpaceWarningAndError(t *testing.T) {
 	for i := 0; i < 100 && err == nil; i++ {
 		_, err = cli.Put(context.Background(), fmt.Sprintf("/fill/%d", i), big)
 	}
-	if !state.IsNoSpace(err) {
+	if !nodedoc.IsNoSpace(err) {
 		t.Fatalf("filling a 2 MiB quota ended with %v, want NOSPACE", err)
 	}
 	code, out, errOut := berthctl(t, env, "nodes")

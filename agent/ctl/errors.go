@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // clientTLS loads the CA and client pair with errors that name the flag.
@@ -51,8 +51,8 @@ func explain(what string, err error, cfg Config, timeout time.Duration) error {
 	switch {
 	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrGRPCPermissionDenied):
 		return fail(ExitError, "%s: etcd denied access: the client certificate's user (its CN) lacks permission on /berth/v1/", what)
-	case state.IsNoSpace(err):
-		return fail(ExitError, "%s: %s", what, state.NoSpaceHint)
+	case nodedoc.IsNoSpace(err):
+		return fail(ExitError, "%s: %s", what, nodedoc.NoSpaceHint)
 	case errors.Is(err, rpctypes.ErrUserEmpty), errors.Is(err, rpctypes.ErrGRPCUserEmpty),
 		errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrGRPCInvalidAuthToken):
 		return fail(ExitError, "%s: etcd requires authentication: pass a client certificate (--cert, --key) issued by the cluster CA", what)

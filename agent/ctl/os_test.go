@@ -19,10 +19,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/ctl"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/rollout"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
 	"github.com/berth-os/berth/updater/payload"
 )
 
@@ -72,8 +72,8 @@ func buildPayload(t *testing.T, version string) (layoutDir, keysDir, digest stri
 // putAPI registers node name with an agent API URL.
 func putAPI(t *testing.T, e *etcdtest.Etcd, name, apiURL string) {
 	t.Helper()
-	data, _ := json.Marshal(state.RoleEntry{Role: state.RoleVoter, APIURL: apiURL})
-	if _, err := e.Client(t).Put(context.Background(), state.RoleKey(name), string(data)); err != nil {
+	data, _ := json.Marshal(nodedoc.RoleEntry{Role: nodedoc.RoleVoter, APIURL: apiURL})
+	if _, err := e.Client(t).Put(context.Background(), nodedoc.RoleKey(name), string(data)); err != nil {
 		t.Fatal(err)
 	}
 }

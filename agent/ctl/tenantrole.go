@@ -8,8 +8,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/registry"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // TenantGrant is one key range of a tenant's etcd role.
@@ -37,7 +37,7 @@ func TenantGrants(tenant string) []TenantGrant {
 		prefix("own image tags", registry.TagNamespacePrefix(tenant), read),
 		prefix("shared image tags", registry.TagNamespacePrefix(jobs.SharedNamespace), read),
 		prefix("registry credentials", jobs.RegistryAuthPrefix(tenant), rw), // outside /berth/v1/: ops cannot read it
-		prefix("node addresses", state.RolesPrefix, read),
+		prefix("node addresses", nodedoc.RolesPrefix, read),
 	}
 }
 

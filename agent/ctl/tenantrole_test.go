@@ -15,9 +15,9 @@ import (
 
 	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"github.com/berth-os/berth/agent/registry"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
 )
 
 // A tenant pins a library/ image at berthctl run; a tenant whose role was
@@ -54,7 +54,7 @@ func TestTenantRolesReadLibraryTags(t *testing.T) {
 			return err
 		},
 		func() error {
-			_, err := root.RoleGrantPermission(ctx, old, state.RolesPrefix, clientv3.GetPrefixRangeEnd(state.RolesPrefix), clientv3.PermissionType(clientv3.PermRead))
+			_, err := root.RoleGrantPermission(ctx, old, nodedoc.RolesPrefix, clientv3.GetPrefixRangeEnd(nodedoc.RolesPrefix), clientv3.PermissionType(clientv3.PermRead))
 			return err
 		},
 		func() error {

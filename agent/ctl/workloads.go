@@ -20,8 +20,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/registry"
-	"github.com/berth-os/berth/agent/state"
 	"github.com/berth-os/berth/internal/progress"
 )
 
@@ -401,7 +401,7 @@ func nodeAPIs(ctx context.Context, s *session) (map[string]string, error) {
 	var resp *clientv3.GetResponse
 	err := s.request(ctx, "read node addresses", func(ctx context.Context) error {
 		var err error
-		resp, err = s.cli.Get(ctx, state.RolesPrefix, clientv3.WithPrefix())
+		resp, err = s.cli.Get(ctx, nodedoc.RolesPrefix, clientv3.WithPrefix())
 		return err
 	})
 	if err != nil {
@@ -409,8 +409,8 @@ func nodeAPIs(ctx context.Context, s *session) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, kv := range resp.Kvs {
-		name, ok := state.NameFromKey(state.RolesPrefix, string(kv.Key))
-		var r state.RoleEntry
+		name, ok := nodedoc.NameFromKey(nodedoc.RolesPrefix, string(kv.Key))
+		var r nodedoc.RoleEntry
 		if ok && json.Unmarshal(kv.Value, &r) == nil && r.APIURL != "" {
 			out[name] = r.APIURL
 		}

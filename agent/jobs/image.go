@@ -88,7 +88,7 @@ func PinnedRef(ref, digest string) string {
 }
 
 // SecretsPrefix holds what only its owner and the nodes may read. It is
-// outside state.Prefix on purpose: the ops role reads all of /berth/v1/.
+// outside nodedoc.Prefix on purpose: the ops role reads all of /berth/v1/.
 const SecretsPrefix = "/berth/secrets/v1/"
 
 // RegistryAuthPrefix holds a tenant's credentials for registries outside

@@ -5,19 +5,19 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
-// Key layout under state.Prefix (/berth/v1/). Tenant data lives under one
+// Key layout under nodedoc.Prefix (/berth/v1/). Tenant data lives under one
 // prefix per tenant so that etcd RBAC can grant a tenant exactly its own
 // subtree; scheduler output for nodes lives under assign/ so that each agent
 // watches one prefix of its own.
 const (
-	TenantsPrefix  = state.Prefix + "tenants/"
-	QuotaPrefix    = state.Prefix + "tenantquota/"
-	AssignPrefix   = state.Prefix + "assign/"
-	VolumesPrefix  = state.Prefix + "volumes/"
-	ElectionPrefix = state.Prefix + "scheduler/election"
+	TenantsPrefix  = nodedoc.Prefix + "tenants/"
+	QuotaPrefix    = nodedoc.Prefix + "tenantquota/"
+	AssignPrefix   = nodedoc.Prefix + "assign/"
+	VolumesPrefix  = nodedoc.Prefix + "volumes/"
+	ElectionPrefix = nodedoc.Prefix + "scheduler/election"
 )
 
 // TenantPrefix is everything of one tenant.
@@ -92,7 +92,7 @@ func ParseAssignKey(key string) (node string, id ReplicaID, err error) {
 	if len(parts) != 4 {
 		return "", ReplicaID{}, fmt.Errorf("key %q: want %s<node>/<tenant>/<job>/<replica>", key, AssignPrefix)
 	}
-	if err := state.CheckName(parts[0]); err != nil {
+	if err := nodedoc.CheckName(parts[0]); err != nil {
 		return "", ReplicaID{}, fmt.Errorf("key %q: %w", key, err)
 	}
 	id, err = replicaFromParts(key, parts[1], parts[2], parts[3])

@@ -19,8 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
 	"github.com/berth-os/berth/internal/retry"
 )
 
@@ -104,7 +104,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func validate(req Request) error {
-	if err := state.CheckName(req.Name); err != nil {
+	if err := nodedoc.CheckName(req.Name); err != nil {
 		return err
 	}
 	for _, u := range []struct{ name, v string }{{"peer_url", req.PeerURL}, {"client_url", req.ClientURL}, {"api_url", req.APIURL}} {
@@ -183,28 +183,28 @@ func (s *Server) admit(ctx context.Context, req Request) (*Response, error) {
 		break
 	}
 
-	entry, _ := json.Marshal(state.RoleEntry{Role: resp.Role, PeerURL: req.PeerURL, ClientURL: req.ClientURL, APIURL: req.APIURL})
+	entry, _ := json.Marshal(nodedoc.RoleEntry{Role: resp.Role, PeerURL: req.PeerURL, ClientURL: req.ClientURL, APIURL: req.APIURL})
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), etcdCallTimeout)
 	defer cancel()
-	if _, err := s.Client.Put(cctx, state.RoleKey(req.Name), string(entry)); err != nil {
+	if _, err := s.Client.Put(cctx, nodedoc.RoleKey(req.Name), string(entry)); err != nil {
 		return nil, fmt.Errorf("record role of %s: %w", req.Name, err)
 	}
 	return resp, nil
 }
 
-func (s *Server) clusterConfig(ctx context.Context) (state.ClusterConfig, error) {
+func (s *Server) clusterConfig(ctx context.Context) (nodedoc.ClusterConfig, error) {
 	cctx, cancel := context.WithTimeout(ctx, etcdCallTimeout)
 	defer cancel()
-	got, err := s.Client.Get(cctx, state.ClusterConfigKey)
+	got, err := s.Client.Get(cctx, nodedoc.ClusterConfigKey)
 	if err != nil {
-		return state.ClusterConfig{}, fmt.Errorf("read cluster config: %w", err)
+		return nodedoc.ClusterConfig{}, fmt.Errorf("read cluster config: %w", err)
 	}
 	if len(got.Kvs) == 0 {
-		return state.ClusterConfig{}, errors.New("cluster config is missing")
+		return nodedoc.ClusterConfig{}, errors.New("cluster config is missing")
 	}
-	var cfg state.ClusterConfig
+	var cfg nodedoc.ClusterConfig
 	if err := json.Unmarshal(got.Kvs[0].Value, &cfg); err != nil {
-		return state.ClusterConfig{}, fmt.Errorf("parse cluster config: %w", err)
+		return nodedoc.ClusterConfig{}, fmt.Errorf("parse cluster config: %w", err)
 	}
 	return cfg, nil
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"github.com/berth-os/berth/internal/retry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Role is what a client certificate of the cluster CA makes its holder:
@@ -69,7 +69,7 @@ func IdentityFromCert(cert *x509.Certificate) Identity {
 		}
 		return Identity{Role: RoleTenant, Name: t}
 	}
-	if state.CheckName(cn) == nil && slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+	if nodedoc.CheckName(cn) == nil && slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
 		return Identity{Role: RoleNode, Name: cn}
 	}
 	return Identity{Role: RoleNone, Name: cn}

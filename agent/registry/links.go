@@ -49,6 +49,25 @@ func (l *blobLinks) add(repo, digest string) error {
 	return f.Close()
 }
 
+// linkedElsewhere says whether a repository other than repo holds digest.
+func (l *blobLinks) linkedElsewhere(repo, digest string) (bool, error) {
+	entries, err := os.ReadDir(l.dir)
+	if err != nil {
+		return false, fmt.Errorf("list blob links: %w", err)
+	}
+	own := filepath.Base(filepath.Dir(l.path(repo, digest)))
+	hexDigest := strings.TrimPrefix(digest, "sha256:")
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == own {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(l.dir, e.Name(), hexDigest)); err == nil {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func (l *blobLinks) remove(repo, digest string) error {
 	if err := os.Remove(l.path(repo, digest)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("unlink blob %s from %s: %w", digest, repo, err)
@@ -110,6 +129,8 @@ func (s *server) serveUpload(w http.ResponseWriter, r *http.Request, repo string
 		}
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	s.blobMu.RLock()
+	defer s.blobMu.RUnlock()
 	s.inner.ServeHTTP(sw, r)
 	if sw.status == http.StatusCreated && digest != "" {
 		if err := s.links.add(repo, digest); err != nil {

@@ -87,10 +87,12 @@ func (s *server) fetchBlob(ctx context.Context, repo, digest string) error {
 	}
 	var errs []error
 	for _, peer := range s.peers() {
+		s.blobMu.RLock()
 		err := s.fetchBlobFrom(ctx, peer, repo, h)
 		if err == nil && s.links != nil {
 			err = s.links.add(repo, digest) // the peer held it for repo
 		}
+		s.blobMu.RUnlock()
 		if err == nil {
 			s.log.Info("registry: blob fetched from peer", "peer", peer, "digest", digest)
 			return nil

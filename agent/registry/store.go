@@ -70,6 +70,15 @@ func (s *manifestStore) remove(repo, ref string) error {
 	return nil
 }
 
+// removeContent deletes the manifest bytes of digest; the caller checks
+// that no record names it any more.
+func (s *manifestStore) removeContent(digest string) error {
+	if err := os.Remove(s.contentPath(digest)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove manifest %s: %w", digest, err)
+	}
+	return nil
+}
+
 // load returns every record with its verified bytes. Unreadable or corrupt
 // entries are reported in skipped and left out rather than failing start-up.
 func (s *manifestStore) load() (recs []manifestRecord, bodies map[string][]byte, skipped []error) {

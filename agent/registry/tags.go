@@ -12,14 +12,14 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // TagsPrefix holds the cluster registry's tags, one key per tag:
 // TagsPrefix + REPO + ":" + TAG. A repository name has no ':' and a tag no
 // '/', so the key splits at its last ':'; a prefix per namespace
 // (TagsPrefix + "acme/") lets etcd RBAC grant a tenant its own tags.
-const TagsPrefix = state.Prefix + "registry/tags/"
+const TagsPrefix = nodedoc.Prefix + "registry/tags/"
 
 // TagKey is the etcd key of repo:tag.
 func TagKey(repo, tag string) string { return TagsPrefix + repo + ":" + tag }

@@ -11,7 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"github.com/berth-os/berth/updater/payload"
 	"github.com/berth-os/berth/updater/slot"
 )

@@ -10,13 +10,13 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
-// Key layout under state.Prefix (/berth/v1/).
+// Key layout under nodedoc.Prefix (/berth/v1/).
 const (
 	// Prefix holds everything of the rollout.
-	Prefix = state.Prefix + "rollout/"
+	Prefix = nodedoc.Prefix + "rollout/"
 	// TargetKey holds the Target document (written by berthctl).
 	TargetKey = Prefix + "target"
 	// StatusPrefix holds one NodeStatus per node (written by that node).
@@ -42,7 +42,7 @@ func LockKey(group, holder string) string { return LockGroupPrefix(group) + hold
 // CheckGroup accepts group names with the rules of node names, so that a
 // group is one key segment.
 func CheckGroup(group string) error {
-	if err := state.CheckName(group); err != nil {
+	if err := nodedoc.CheckName(group); err != nil {
 		return fmt.Errorf("group: %w", err)
 	}
 	return nil
@@ -64,7 +64,7 @@ func ParseLockKey(key string) (group, holder string, err error) {
 		return "", "", fmt.Errorf("key %q is not under %s", key, LockPrefix)
 	}
 	group, holder, ok = strings.Cut(rest, "/")
-	if !ok || CheckGroup(group) != nil || state.CheckName(holder) != nil {
+	if !ok || CheckGroup(group) != nil || nodedoc.CheckName(holder) != nil {
 		return "", "", fmt.Errorf("key %q: want %s<group>/<holder>", key, LockPrefix)
 	}
 	return group, holder, nil

@@ -6,7 +6,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // ClusterMembers is the quorum guard's view of the cluster (the driver's
@@ -17,13 +17,13 @@ func ClusterMembers(ctx context.Context, cli *clientv3.Client) ([]Member, error)
 	if err != nil {
 		return nil, fmt.Errorf("list etcd members: %w", err)
 	}
-	docs, err := cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix())
+	docs, err := cli.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("read node documents: %w", err)
 	}
 	ready := map[string]bool{}
 	for _, kv := range docs.Kvs {
-		if n, err := state.ParseNode(kv.Value); err == nil {
+		if n, err := nodedoc.ParseNode(kv.Value); err == nil {
 			ready[n.Name] = n.Ready
 		}
 	}

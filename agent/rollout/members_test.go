@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 // The quorum guard's view: a voter is healthy only while its node document
@@ -33,8 +33,8 @@ func TestClusterMembers(t *testing.T) {
 	}
 	putNode := func(name string, ready bool) {
 		t.Helper()
-		data, _ := json.Marshal(state.Node{Schema: state.Schema, Name: name, Ready: ready})
-		if _, err := cli.Put(ctx, state.NodeKey(name), string(data)); err != nil {
+		data, _ := json.Marshal(nodedoc.Node{Schema: nodedoc.Schema, Name: name, Ready: ready})
+		if _, err := cli.Put(ctx, nodedoc.NodeKey(name), string(data)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,7 +43,7 @@ func TestClusterMembers(t *testing.T) {
 	putNode(self, false)
 	check("not ready", []Member{{Name: self, Voter: true}})
 	putNode(self, true)
-	if _, err := cli.Put(ctx, state.NodeKey("garbage"), "{"); err != nil {
+	if _, err := cli.Put(ctx, nodedoc.NodeKey("garbage"), "{"); err != nil {
 		t.Fatal(err)
 	}
 	check("ready", []Member{{Name: self, Voter: true, Healthy: true}})

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -42,7 +42,7 @@ func NewSemaphore(cli *clientv3.Client, group, holder string, lease clientv3.Lea
 	if err := CheckGroup(group); err != nil {
 		return nil, fmt.Errorf("reboot semaphore: %w", err)
 	}
-	if err := state.CheckName(holder); err != nil {
+	if err := nodedoc.CheckName(holder); err != nil {
 		return nil, fmt.Errorf("reboot semaphore holder: %w", err)
 	}
 	if lease == clientv3.NoLease {

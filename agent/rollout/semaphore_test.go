@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )

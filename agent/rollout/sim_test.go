@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 

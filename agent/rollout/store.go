@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -36,7 +36,7 @@ func Load(ctx context.Context, cli *clientv3.Client) (Snapshot, error) {
 			}
 			snap.Target, snap.TargetRevision = &t, kv.ModRevision
 		case strings.HasPrefix(key, StatusPrefix):
-			name, ok := state.NameFromKey(StatusPrefix, key)
+			name, ok := nodedoc.NameFromKey(StatusPrefix, key)
 			if !ok {
 				return Snapshot{}, fmt.Errorf("read rollout state: bad status key %q", key)
 			}

@@ -8,7 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 func storedTarget(t *testing.T, cli *clientv3.Client) Target {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Schemas of the documents; they change only with an incompatible change.
@@ -155,7 +155,7 @@ func (s NodeStatus) Validate() error {
 	if s.Schema != StatusSchema {
 		return fmt.Errorf("rollout status %q has schema %q, want %q", s.Node, s.Schema, StatusSchema)
 	}
-	if err := state.CheckName(s.Node); err != nil {
+	if err := nodedoc.CheckName(s.Node); err != nil {
 		return fmt.Errorf("rollout status: %w", err)
 	}
 	if err := CheckNodeGroup(s.GroupOrDefault()); err != nil {

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -35,13 +35,13 @@ func BenchmarkSchedule1000Nodes(b *testing.B) {
 	var nodeList []Node
 	for i := 0; i < benchNodes; i++ {
 		name := fmt.Sprintf("sim-%04d", i)
-		doc := state.Node{Schema: state.Schema, Name: name, Role: state.RoleClient, CPU: state.CPU{Cores: 4},
-			Memory: state.Memory{TotalBytes: 8 << 30}, Ready: true, Heartbeat: time.Now()}
+		doc := nodedoc.Node{Schema: nodedoc.Schema, Name: name, Role: nodedoc.RoleClient, CPU: nodedoc.CPU{Cores: 4},
+			Memory: nodedoc.Memory{TotalBytes: 8 << 30}, Ready: true, Heartbeat: time.Now()}
 		data, err := doc.Marshal()
 		if err != nil {
 			b.Fatal(err)
 		}
-		ops = append(ops, clientv3.OpPut(state.NodeKey(name), string(data)))
+		ops = append(ops, clientv3.OpPut(nodedoc.NodeKey(name), string(data)))
 		nodeList = append(nodeList, Node{Name: name, CPUMillis: 4000, MemoryBytes: 8 << 30, Schedulable: true})
 	}
 	writeOps(b, cli, ops)

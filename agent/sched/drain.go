@@ -7,12 +7,12 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Draining a node (for an OS-update reboot) is driven from the node: its
-// document says draining (state.Node.Draining), the leader moves its
+// document says draining (nodedoc.Node.Draining), the leader moves its
 // replicas away at once, and the driver waits here for its assignment
 // prefix to empty. The node's agent stops each container when its
 // assignment is deleted, so an empty prefix means nothing is meant to run
@@ -21,7 +21,7 @@ import (
 // AssignedTo counts the replicas assigned to node: the keys under its
 // assignment prefix, as the node's agent sees them.
 func AssignedTo(ctx context.Context, cli *clientv3.Client, node string) (int, error) {
-	if err := state.CheckName(node); err != nil {
+	if err := nodedoc.CheckName(node); err != nil {
 		return 0, fmt.Errorf("count assignments: %w", err)
 	}
 	resp, err := cli.Get(ctx, jobs.AssignNodePrefix(node), clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -41,7 +41,7 @@ var errWatchLost = errors.New("assignment watch lost")
 // ctx's error when ctx ends first, or etcd's when listing fails. A lost
 // watch is recovered by listing again. timeout <= 0 only counts.
 func WaitDrained(ctx context.Context, cli *clientv3.Client, node string, timeout time.Duration) (left int, err error) {
-	if err := state.CheckName(node); err != nil {
+	if err := nodedoc.CheckName(node); err != nil {
 		return 0, fmt.Errorf("wait for node to drain: %w", err)
 	}
 	if timeout <= 0 {

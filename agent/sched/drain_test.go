@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -18,13 +18,13 @@ import (
 // cleared, as the node's publisher would.
 func putDraining(t testing.TB, cli *clientv3.Client, name string, cores int, memGiB uint64, draining bool) {
 	t.Helper()
-	doc := state.Node{Schema: state.Schema, Name: name, Role: state.RoleClient, CPU: state.CPU{Cores: cores},
-		Memory: state.Memory{TotalBytes: memGiB << 30}, Ready: true, Draining: draining, Heartbeat: time.Now()}
+	doc := nodedoc.Node{Schema: nodedoc.Schema, Name: name, Role: nodedoc.RoleClient, CPU: nodedoc.CPU{Cores: cores},
+		Memory: nodedoc.Memory{TotalBytes: memGiB << 30}, Ready: true, Draining: draining, Heartbeat: time.Now()}
 	data, err := doc.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(context.Background(), state.NodeKey(name), string(data)); err != nil {
+	if _, err := cli.Put(context.Background(), nodedoc.NodeKey(name), string(data)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -26,13 +26,13 @@ import (
 
 func putNode(t testing.TB, cli *clientv3.Client, name string, cores int, memGiB uint64, labels map[string]string) {
 	t.Helper()
-	doc := state.Node{Schema: state.Schema, Name: name, Role: state.RoleClient, CPU: state.CPU{Cores: cores},
-		Memory: state.Memory{TotalBytes: memGiB << 30}, Ready: true, Labels: labels, Heartbeat: time.Now()}
+	doc := nodedoc.Node{Schema: nodedoc.Schema, Name: name, Role: nodedoc.RoleClient, CPU: nodedoc.CPU{Cores: cores},
+		Memory: nodedoc.Memory{TotalBytes: memGiB << 30}, Ready: true, Labels: labels, Heartbeat: time.Now()}
 	data, err := doc.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(context.Background(), state.NodeKey(name), string(data)); err != nil {
+	if _, err := cli.Put(context.Background(), nodedoc.NodeKey(name), string(data)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -285,7 +285,7 @@ func TestNodeGoneMovesAfterGrace(t *testing.T) {
 	}
 	events := watchAssign(t, cli)
 	gone := time.Now()
-	deleteKey(t, cli, state.NodeKey("n2")) // as lease expiry would
+	deleteKey(t, cli, nodedoc.NodeKey("n2")) // as lease expiry would
 
 	// Within grace nothing moves.
 	time.Sleep(grace / 2)
@@ -344,7 +344,7 @@ func TestNodeBackWithinGraceKeepsReplicas(t *testing.T) {
 	waitPlaced(t, cli, "acme", "web", "placed 2/2")
 	before := assignments(t, cli)
 
-	deleteKey(t, cli, state.NodeKey("n2"))
+	deleteKey(t, cli, nodedoc.NodeKey("n2"))
 	time.Sleep(grace / 3)
 	putNode(t, cli, "n2", 4, 8, nil) // a slow node whose lease was renewed late
 	time.Sleep(grace + grace/2)
@@ -445,7 +445,7 @@ func TestVolumePinning(t *testing.T) {
 		t.Fatalf("replica 0 not on its volume's node n3: %v", assignments(t, cli))
 	}
 	// Its node vanishes: replica 0 waits for it, well past grace.
-	deleteKey(t, cli, state.NodeKey("n3"))
+	deleteKey(t, cli, nodedoc.NodeKey("n3"))
 	time.Sleep(grace * 2)
 	if _, ok := assignments(t, cli)[jobs.AssignKey("n3", "acme", "db", 0)]; !ok {
 		t.Fatalf("pinned replica moved off n3: %v", assignments(t, cli))
@@ -458,7 +458,7 @@ func TestVolumePinning(t *testing.T) {
 			r1 = a
 		}
 	}
-	deleteKey(t, cli, state.NodeKey(r1.Node))
+	deleteKey(t, cli, nodedoc.NodeKey(r1.Node))
 	eventually(t, 10*time.Second, "unpinned replica 1 moved", func() (bool, string) {
 		for _, a := range assignments(t, cli) {
 			if a.Replica == 1 && a.Node != r1.Node {
@@ -567,7 +567,7 @@ func TestNewLeaderWaitsFullGrace(t *testing.T) {
 	putJob(t, cli, newJob("acme", "web", 2, 100, 64<<20))
 	waitPlaced(t, cli, "acme", "web", "placed 2/2")
 	stop()
-	deleteKey(t, cli, state.NodeKey("n2"))
+	deleteKey(t, cli, nodedoc.NodeKey("n2"))
 	time.Sleep(grace + 200*time.Millisecond) // longer than grace with no leader
 
 	started := time.Now()

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -70,13 +70,13 @@ func (w *world) apply(events []*clientv3.Event, now time.Time, log *slog.Logger)
 func (w *world) put(k, v []byte, rev int64, now time.Time, log *slog.Logger) bool {
 	key := string(k)
 	switch {
-	case strings.HasPrefix(key, state.NodesPrefix):
-		name, ok := state.NameFromKey(state.NodesPrefix, key)
+	case strings.HasPrefix(key, nodedoc.NodesPrefix):
+		name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, key)
 		if !ok {
 			return false
 		}
 		n := Node{Name: name} // an unreadable document: alive, but takes nothing new
-		if doc, err := state.ParseNode(v); err != nil || doc.Name != name {
+		if doc, err := nodedoc.ParseNode(v); err != nil || doc.Name != name {
 			log.Warn("unreadable node document, node takes no new replicas", "node", name, "err", err)
 		} else {
 			n = Node{Name: name, CPUMillis: int64(doc.CPU.Cores) * 1000, MemoryBytes: int64(min(doc.Memory.TotalBytes, 1<<62)),
@@ -133,7 +133,7 @@ func (w *world) put(k, v []byte, rev int64, now time.Time, log *slog.Logger) boo
 			return false
 		}
 		var home jobs.VolumeHome
-		if err := json.Unmarshal(v, &home); err != nil || state.CheckName(home.Node) != nil {
+		if err := json.Unmarshal(v, &home); err != nil || nodedoc.CheckName(home.Node) != nil {
 			log.Warn("unreadable volume home", "key", key, "err", err)
 			return false
 		}
@@ -146,8 +146,8 @@ func (w *world) put(k, v []byte, rev int64, now time.Time, log *slog.Logger) boo
 func (w *world) del(k []byte, rev int64, now time.Time) bool {
 	key := string(k)
 	switch {
-	case strings.HasPrefix(key, state.NodesPrefix):
-		name, ok := state.NameFromKey(state.NodesPrefix, key)
+	case strings.HasPrefix(key, nodedoc.NodesPrefix):
+		name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, key)
 		if _, alive := w.nodes[name]; !ok || !alive {
 			return false
 		}

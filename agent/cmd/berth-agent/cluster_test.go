@@ -14,8 +14,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // handshakeAlert connects with a client certificate and returns the error
@@ -112,9 +112,9 @@ func TestClusterLifecycle(t *testing.T) {
 			if !ok {
 				return fmt.Errorf("no document for %s (have %d)", n[i].name, len(docs))
 			}
-			want := state.RoleVoter
+			want := nodedoc.RoleVoter
 			if i > 3 {
-				want = state.RoleClient
+				want = nodedoc.RoleClient
 			}
 			if d.Role != want || d.ClientURL != n[i].client || !d.Ready {
 				return fmt.Errorf("%s: role %q client_url %q ready %v", n[i].name, d.Role, d.ClientURL, d.Ready)
@@ -145,7 +145,7 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Fatalf("refused join changed membership: %+v", m)
 	}
 	ctx, cancel := ctxT(3 * time.Second)
-	got, err := admin.Get(ctx, state.RoleKey(n[6].name))
+	got, err := admin.Get(ctx, nodedoc.RoleKey(n[6].name))
 	cancel()
 	if err != nil || len(got.Kvs) != 0 {
 		t.Fatalf("refused node has a role entry (err %v)", err)
@@ -178,7 +178,7 @@ func TestClusterLifecycle(t *testing.T) {
 	}
 	foreign := client(t, []string{n[1].client}, filepath.Join(fdir, "foreign.crt"), filepath.Join(fdir, "foreign.key"), filepath.Join(n[1].dir, "pki", "ca.crt"))
 	ctx, cancel = ctxT(3 * time.Second)
-	_, err = foreign.Get(ctx, state.NodesPrefix, clientv3.WithPrefix())
+	_, err = foreign.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix())
 	cancel()
 	if err == nil {
 		t.Fatal("etcd accepted a client certificate from another CA")
@@ -205,7 +205,7 @@ func TestClusterLifecycle(t *testing.T) {
 		t.Fatalf("ops read: %d documents, err %v", len(docs), err)
 	}
 	ctx, cancel = ctxT(3 * time.Second)
-	_, err = ops.Put(ctx, state.Prefix+"ops-was-here", "x")
+	_, err = ops.Put(ctx, nodedoc.Prefix+"ops-was-here", "x")
 	cancel()
 	if err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Fatalf("ops put: err %v, want permission denied", err)
@@ -260,7 +260,7 @@ func TestClusterLifecycle(t *testing.T) {
 	eventually(t, 5*time.Second, "write after leader loss", func() error {
 		ctx, cancel := ctxT(time.Second)
 		defer cancel()
-		_, err := other.Put(ctx, state.Prefix+"test/after-failover", "ok")
+		_, err := other.Put(ctx, nodedoc.Prefix+"test/after-failover", "ok")
 		return err
 	})
 	eventually(t, testTTL+3*time.Second, "dead leader's document gone", func() error {

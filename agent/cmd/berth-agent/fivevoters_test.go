@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/ctl"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // buildBerthctl builds the berthctl command next to the test's other files.
@@ -125,9 +125,9 @@ func TestFiveVotersAndBerthctl(t *testing.T) {
 	}
 	wantRole := func(i int) string {
 		if i == 6 {
-			return state.RoleClient
+			return nodedoc.RoleClient
 		}
-		return state.RoleVoter
+		return nodedoc.RoleVoter
 	}
 
 	// Documents are refreshed by each agent; allow for the last one's

@@ -25,8 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // Timings of the multi-process test: short raft ticks and a short node TTL
@@ -324,16 +324,16 @@ func memberList(cli *clientv3.Client) (members, error) {
 	return m, nil
 }
 
-func nodeDocs(cli *clientv3.Client) (map[string]state.Node, error) {
+func nodeDocs(cli *clientv3.Client) (map[string]nodedoc.Node, error) {
 	ctx, cancel := ctxT(3 * time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, state.NodesPrefix, clientv3.WithPrefix())
+	resp, err := cli.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, err
 	}
-	docs := map[string]state.Node{}
+	docs := map[string]nodedoc.Node{}
 	for _, kv := range resp.Kvs {
-		n, err := state.ParseNode(kv.Value)
+		n, err := nodedoc.ParseNode(kv.Value)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", kv.Key, err)
 		}

@@ -22,7 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // BenchmarkClusterMeasures measures a real 3-voter cluster of berth-agent
@@ -36,7 +36,7 @@ import (
 //     1,000 simulated nodes;
 //   - 1,000 simulated nodes: ONE process (this benchmark) publishes 1,000
 //     node documents, each with its own lease and KeepAlive, through
-//     state.Publisher as agent/ctl's BenchmarkNodes1000 does, but against
+//     nodedoc.Publisher as agent/ctl's BenchmarkNodes1000 does, but against
 //     the 3-member cluster; reported are the heartbeat throughput (puts/s
 //     while all 1,000 publish at once, 5 rounds) and the latency of the
 //     built berthctl binary's `berthctl nodes` with the ops certificate
@@ -105,7 +105,7 @@ func BenchmarkClusterMeasures(b *testing.B) {
 		killed := time.Now()
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
-			_, err := cli.Put(ctx, state.Prefix+"bench/failover", strconv.Itoa(round))
+			_, err := cli.Put(ctx, nodedoc.Prefix+"bench/failover", strconv.Itoa(round))
 			cancel()
 			if err == nil {
 				break
@@ -131,7 +131,7 @@ func BenchmarkClusterMeasures(b *testing.B) {
 	simCli := mc.client(n[0], mc.clientURLs())
 	var puts atomic.Int64
 	go func() {
-		for wr := range admin.Watch(ctx, state.NodesPrefix+"sim-", clientv3.WithPrefix()) {
+		for wr := range admin.Watch(ctx, nodedoc.NodesPrefix+"sim-", clientv3.WithPrefix()) {
 			for _, ev := range wr.Events {
 				if ev.Type == clientv3.EventTypePut {
 					puts.Add(1)
@@ -148,12 +148,12 @@ func BenchmarkClusterMeasures(b *testing.B) {
 	}
 	defer pubLog.Close()
 	quiet := slog.New(slog.NewTextHandler(pubLog, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pubs := make([]*state.Publisher, simulated)
+	pubs := make([]*nodedoc.Publisher, simulated)
 	start := time.Now()
 	for i := range pubs {
-		doc := state.Node{Role: state.RoleClient, Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: "6.1.0-bench",
-			OS: state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}, BootTime: time.Now().Add(-time.Hour)}
-		p := state.NewPublisher(simCli, fmt.Sprintf("sim-%04d", i), func() state.Node { return doc }, 0)
+		doc := nodedoc.Node{Role: nodedoc.RoleClient, Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: "6.1.0-bench",
+			OS: nodedoc.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a"}, BootTime: time.Now().Add(-time.Hour)}
+		p := nodedoc.NewPublisher(simCli, fmt.Sprintf("sim-%04d", i), func() nodedoc.Node { return doc }, 0)
 		p.Poll = time.Hour // heartbeats only
 		p.Log = quiet
 		pubs[i] = p

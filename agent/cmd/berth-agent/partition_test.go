@@ -12,7 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // partitionNet is three hosts, each in its own network namespace with one
@@ -172,9 +172,9 @@ func TestNetworkPartition(t *testing.T) {
 
 	// The minority's own endpoint is alive (a local, serializable read
 	// answers) but a write cannot reach a quorum.
-	minorityKey := state.Prefix + "test/partition/minority"
+	minorityKey := nodedoc.Prefix + "test/partition/minority"
 	ctx, cancel := ctxT(3 * time.Second)
-	_, err := minority.Get(ctx, state.NodesPrefix, clientv3.WithPrefix(), clientv3.WithSerializable())
+	_, err := minority.Get(ctx, nodedoc.NodesPrefix, clientv3.WithPrefix(), clientv3.WithSerializable())
 	cancel()
 	if err != nil {
 		t.Fatalf("cut-off node's endpoint does not answer a local read: %v", err)
@@ -198,7 +198,7 @@ func TestNetworkPartition(t *testing.T) {
 	eventually(t, 5*time.Second, "majority write", func() error {
 		ctx, cancel := ctxT(time.Second)
 		defer cancel()
-		_, err := majorityCli.Put(ctx, state.Prefix+"test/partition/majority-0", "0")
+		_, err := majorityCli.Put(ctx, nodedoc.Prefix+"test/partition/majority-0", "0")
 		return err
 	})
 	t.Logf("majority accepted a write %s after the cut", time.Since(cutAt).Round(time.Millisecond))
@@ -213,7 +213,7 @@ func TestNetworkPartition(t *testing.T) {
 	const majorityWrites = 5
 	for i := 1; i < majorityWrites; i++ {
 		ctx, cancel := ctxT(2 * time.Second)
-		_, err := majorityCli.Put(ctx, fmt.Sprintf("%stest/partition/majority-%d", state.Prefix, i), fmt.Sprint(i))
+		_, err := majorityCli.Put(ctx, fmt.Sprintf("%stest/partition/majority-%d", nodedoc.Prefix, i), fmt.Sprint(i))
 		cancel()
 		if err != nil {
 			t.Fatalf("majority write %d during the partition: %v", i, err)
@@ -238,7 +238,7 @@ func TestNetworkPartition(t *testing.T) {
 	})
 	// And it has seen none of the majority's writes.
 	ctx, cancel = ctxT(2 * time.Second)
-	resp, err := minority.Get(ctx, state.Prefix+"test/partition/majority-", clientv3.WithPrefix(), clientv3.WithSerializable())
+	resp, err := minority.Get(ctx, nodedoc.Prefix+"test/partition/majority-", clientv3.WithPrefix(), clientv3.WithSerializable())
 	cancel()
 	if err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("cut-off node's local view during the partition: %d majority keys, err %v", len(resp.Kvs), err)
@@ -252,7 +252,7 @@ func TestNetworkPartition(t *testing.T) {
 	caughtUp := eventually(t, 15*time.Second, "cut-off node catches up", func() error {
 		ctx, cancel := ctxT(time.Second)
 		defer cancel()
-		resp, err := minority.Get(ctx, state.Prefix+"test/partition/majority-", clientv3.WithPrefix(), clientv3.WithSerializable())
+		resp, err := minority.Get(ctx, nodedoc.Prefix+"test/partition/majority-", clientv3.WithPrefix(), clientv3.WithSerializable())
 		if err != nil {
 			return err
 		}
@@ -284,7 +284,7 @@ func TestNetworkPartition(t *testing.T) {
 	eventually(t, 5*time.Second, "write through the healed node", func() error {
 		ctx, cancel := ctxT(time.Second)
 		defer cancel()
-		_, err := minority.Put(ctx, state.Prefix+"test/partition/after-heal", "ok")
+		_, err := minority.Put(ctx, nodedoc.Prefix+"test/partition/after-heal", "ok")
 		return err
 	})
 	t.Logf("healed in %s", time.Since(healAt).Round(time.Millisecond))
@@ -303,7 +303,7 @@ func checkDocs(cli *clientv3.Client, nodes []*testNode) error {
 		if !ok {
 			return fmt.Errorf("no document for %s", n.name)
 		}
-		if d.Role != state.RoleVoter || d.ClientURL != n.client || !d.Ready {
+		if d.Role != nodedoc.RoleVoter || d.ClientURL != n.client || !d.Ready {
 			return fmt.Errorf("%s: role %q client_url %q ready %v", n.name, d.Role, d.ClientURL, d.Ready)
 		}
 	}

@@ -15,7 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/cluster"
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // healDeadAfter is the self-healing test's dead-after: longer than the
@@ -33,8 +33,8 @@ type roleHistory struct {
 func (h *roleHistory) record(wch clientv3.WatchChan) {
 	for resp := range wch {
 		for _, ev := range resp.Events {
-			name, ok := state.NameFromKey(state.RolesPrefix, string(ev.Kv.Key))
-			var e state.RoleEntry
+			name, ok := nodedoc.NameFromKey(nodedoc.RolesPrefix, string(ev.Kv.Key))
+			var e nodedoc.RoleEntry
 			if !ok || ev.Type != clientv3.EventTypePut || json.Unmarshal(ev.Kv.Value, &e) != nil {
 				continue
 			}
@@ -51,17 +51,17 @@ func (h *roleHistory) of(name string) []string {
 	return append([]string(nil), h.roles[name]...)
 }
 
-func roleOf(cli *clientv3.Client, name string) (state.RoleEntry, error) {
+func roleOf(cli *clientv3.Client, name string) (nodedoc.RoleEntry, error) {
 	ctx, cancel := ctxT(3 * time.Second)
 	defer cancel()
-	got, err := cli.Get(ctx, state.RoleKey(name))
+	got, err := cli.Get(ctx, nodedoc.RoleKey(name))
 	if err != nil {
-		return state.RoleEntry{}, err
+		return nodedoc.RoleEntry{}, err
 	}
 	if len(got.Kvs) == 0 {
-		return state.RoleEntry{}, errors.New("no role entry")
+		return nodedoc.RoleEntry{}, errors.New("no role entry")
 	}
-	var e state.RoleEntry
+	var e nodedoc.RoleEntry
 	err = json.Unmarshal(got.Kvs[0].Value, &e)
 	return e, err
 }
@@ -108,7 +108,7 @@ func TestSelfHealing(t *testing.T) {
 	if got := c.waitReady(n[4], 30*time.Second); got != "ok client" {
 		t.Fatalf("heal-4 readyz = %q, want ok client", got)
 	}
-	if e, err := roleOf(admin, n[4].name); err != nil || e.Role != state.RoleClient {
+	if e, err := roleOf(admin, n[4].name); err != nil || e.Role != nodedoc.RoleClient {
 		t.Fatalf("heal-4 role entry %+v, err %v; want client", e, err)
 	}
 	t.Logf("3 voters + 1 client up in %s", time.Since(total).Round(time.Millisecond))
@@ -117,12 +117,12 @@ func TestSelfHealing(t *testing.T) {
 	history := &roleHistory{roles: map[string][]string{}}
 	wctx, stopWatch := ctxT(2 * time.Minute)
 	defer stopWatch()
-	go history.record(admin.Watch(wctx, state.RolesPrefix, clientv3.WithPrefix()))
+	go history.record(admin.Watch(wctx, nodedoc.RolesPrefix, clientv3.WithPrefix()))
 	asked := make(chan string, 4)
 	go func() {
-		for resp := range admin.Watch(wctx, state.PromotePrefix, clientv3.WithPrefix()) {
+		for resp := range admin.Watch(wctx, nodedoc.PromotePrefix, clientv3.WithPrefix()) {
 			for _, ev := range resp.Events {
-				if name, ok := state.NameFromKey(state.PromotePrefix, string(ev.Kv.Key)); ok && ev.Type == clientv3.EventTypePut {
+				if name, ok := nodedoc.NameFromKey(nodedoc.PromotePrefix, string(ev.Kv.Key)); ok && ev.Type == clientv3.EventTypePut {
 					asked <- name
 				}
 			}
@@ -202,7 +202,7 @@ func TestSelfHealing(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if e.Role != state.RoleVoter || e.PeerURL != n[4].peer || e.ClientURL != n[4].client {
+		if e.Role != nodedoc.RoleVoter || e.PeerURL != n[4].peer || e.ClientURL != n[4].client {
 			return fmt.Errorf("%s role entry %+v", n[4].name, e)
 		}
 		d, err := roleOf(admin, victim.name)
@@ -213,13 +213,13 @@ func TestSelfHealing(t *testing.T) {
 			return fmt.Errorf("%s role entry %+v, want %s", victim.name, d, cluster.RoleRemoved)
 		}
 		for _, s := range survivors {
-			if e, err := roleOf(admin, s.name); err != nil || e.Role != state.RoleVoter {
+			if e, err := roleOf(admin, s.name); err != nil || e.Role != nodedoc.RoleVoter {
 				return fmt.Errorf("%s role entry %+v err %v", s.name, e, err)
 			}
 		}
 		return nil
 	})
-	if got := history.of(n[4].name); len(got) < 2 || got[0] != state.RoleLearner || got[len(got)-1] != state.RoleVoter {
+	if got := history.of(n[4].name); len(got) < 2 || got[0] != nodedoc.RoleLearner || got[len(got)-1] != nodedoc.RoleVoter {
 		t.Fatalf("%s role history %v, want learner first and voter last", n[4].name, got)
 	}
 
@@ -239,14 +239,14 @@ func TestSelfHealing(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if d := docs[n[4].name]; d.Role != state.RoleVoter {
+		if d := docs[n[4].name]; d.Role != nodedoc.RoleVoter {
 			return fmt.Errorf("role %q", d.Role)
 		}
 		return nil
 	})
 	direct := nodeClient(t, n[4], []string{n[4].client})
 	ctx, cancel = ctxT(3 * time.Second)
-	_, err = direct.Put(ctx, state.Prefix+"test/after-heal", "ok")
+	_, err = direct.Put(ctx, nodedoc.Prefix+"test/after-heal", "ok")
 	cancel()
 	if err != nil {
 		t.Fatalf("write through the new voter: %v", err)
@@ -307,10 +307,10 @@ func TestPlannedRebootNotHealed(t *testing.T) {
 	deleted := make(chan struct{})
 	go func() {
 		defer close(deleted)
-		watch := admin.Watch(wctx, state.NodeKey("plan-3"))
+		watch := admin.Watch(wctx, nodedoc.NodeKey("plan-3"))
 		for {
 			dctx, cancel := ctxT(5 * time.Second)
-			admin.Delete(dctx, state.NodeKey("plan-3"))
+			admin.Delete(dctx, nodedoc.NodeKey("plan-3"))
 			cancel()
 			select {
 			case <-wctx.Done():

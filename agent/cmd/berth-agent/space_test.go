@@ -16,8 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/rollout"
-	"github.com/berth-os/berth/agent/state"
 )
 
 // Settings of TestEtcdSpace: a small quota and fast compaction and
@@ -37,7 +37,7 @@ const (
 //   - idle: for 30 s nothing writes but the agents; each node's document
 //     is written at most once (bound: 24 an hour = twice per 5 min refresh);
 //     the revision rate per idle node is logged;
-//   - soak: 200 simulated nodes publish through state.Publisher with a 1 s
+//   - soak: 200 simulated nodes publish through nodedoc.Publisher with a 1 s
 //     refresh (200 puts/s, 2 KB documents: the quota's worth in about 2 minutes);
 //     the database size of every member levels off below the quota, and
 //     the leader's agent defragments;
@@ -72,7 +72,7 @@ func TestEtcdSpace(t *testing.T) {
 			return err
 		}
 		for _, x := range n {
-			if d, ok := docs[x.name]; !ok || d.Role != state.RoleVoter || !d.Ready {
+			if d, ok := docs[x.name]; !ok || d.Role != nodedoc.RoleVoter || !d.Ready {
 				return fmt.Errorf("%s: %+v", x.name, d)
 			}
 		}
@@ -90,7 +90,7 @@ func TestEtcdSpace(t *testing.T) {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		for wr := range admin.Watch(ctx, state.Prefix, clientv3.WithPrefix(), clientv3.WithRev(before+1)) {
+		for wr := range admin.Watch(ctx, nodedoc.Prefix, clientv3.WithPrefix(), clientv3.WithRev(before+1)) {
 			wmu.Lock()
 			for _, ev := range wr.Events {
 				writes[string(ev.Kv.Key)]++
@@ -111,7 +111,7 @@ func TestEtcdSpace(t *testing.T) {
 	for _, x := range n {
 		// The bound for the default 5 min refresh is 24 an hour, at most
 		// one per 150 s: one in the window at most.
-		if w := writes[state.NodeKey(x.name)]; w > 1 {
+		if w := writes[nodedoc.NodeKey(x.name)]; w > 1 {
 			t.Errorf("%s wrote its document %d times in %s while idle; bound 1 (24/hour)", x.name, w, idleWindow)
 		}
 	}
@@ -127,8 +127,8 @@ func TestEtcdSpace(t *testing.T) {
 	var puts sync.Map
 	for i := range soakNodes {
 		name := fmt.Sprintf("sim-%03d", i)
-		doc := state.Node{Role: state.RoleClient, Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: strings.Repeat("k", 2000)}
-		p := state.NewPublisher(simCli, name, func() state.Node { return doc }, 0)
+		doc := nodedoc.Node{Role: nodedoc.RoleClient, Ready: true, Addresses: []string{"127.0.0.1"}, Kernel: strings.Repeat("k", 2000)}
+		p := nodedoc.NewPublisher(simCli, name, func() nodedoc.Node { return doc }, 0)
 		p.Interval, p.Poll, p.Log = time.Second, 500*time.Millisecond, quiet
 		p.OnWrite = func(string) { v, _ := puts.LoadOrStore(name, new(int)); *v.(*int)++ }
 		wg.Go(func() { p.Run(soakCtx) })
@@ -226,10 +226,10 @@ func TestEtcdSpace(t *testing.T) {
 	var fillErr error
 	for i := 0; i < 200 && fillErr == nil; i++ {
 		cctx, ccancel := ctxT(5 * time.Second)
-		_, fillErr = admin.Put(cctx, state.Prefix+"filler", big)
+		_, fillErr = admin.Put(cctx, nodedoc.Prefix+"filler", big)
 		ccancel()
 	}
-	if !state.IsNoSpace(fillErr) {
+	if !nodedoc.IsNoSpace(fillErr) {
 		t.Fatalf("filling ended with %v, want etcd's NOSPACE refusal", fillErr)
 	}
 	full := time.Now()
@@ -245,7 +245,7 @@ func TestEtcdSpace(t *testing.T) {
 	eventually(t, 90*time.Second, "writes accepted again", func() error {
 		cctx, ccancel := ctxT(2 * time.Second)
 		defer ccancel()
-		_, err := admin.Put(cctx, state.Prefix+"probe", "ok")
+		_, err := admin.Put(cctx, nodedoc.Prefix+"probe", "ok")
 		return err
 	})
 	t.Logf("NOSPACE to writes accepted again: %s", time.Since(full).Round(time.Millisecond))
@@ -288,7 +288,7 @@ func TestEtcdSpace(t *testing.T) {
 			if !ok {
 				return fmt.Errorf("%s lost", name)
 			}
-			if d.EtcdSpace == state.SpaceFull {
+			if d.EtcdSpace == nodedoc.SpaceFull {
 				return fmt.Errorf("%s still says etcd_space full", name)
 			}
 		}

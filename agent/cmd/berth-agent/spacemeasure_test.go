@@ -20,7 +20,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
+	"github.com/berth-os/berth/agent/nodedoc"
 )
 
 // Settings of BenchmarkEtcdSpace1000.
@@ -44,13 +44,13 @@ const (
 //     --defrag-interval 168h (no defragmentation can be due: it needs
 //     quota/64 = 128 MiB free), and --node-refresh 2.5s: with the
 //     publisher's 1 s poll each document is re-put every 3 s, the old
-//     heartbeat. The 1,000 simulated nodes are state.Publishers with the
+//     heartbeat. The 1,000 simulated nodes are nodedoc.Publishers with the
 //     same 2.5 s refresh: a re-put every 3 s each.
 //   - after: the agents' defaults (5 min node refresh, 2 GiB quota, 1 h
 //     defrag interval) except --compaction-retention 1m, so compaction
-//     shows within minutes; the 1,000 simulated nodes are state.Publishers
-//     with the default refresh (state.DefaultRefresh) and write policy
-//     (state.WriteReason).
+//     shows within minutes; the 1,000 simulated nodes are nodedoc.Publishers
+//     with the default refresh (nodedoc.DefaultRefresh) and write policy
+//     (nodedoc.WriteReason).
 //
 // Each simulated node publishes the same idle document in both modes
 // (2 cores, load1 0-0.3, free memory 60% +-2%, uptime counting), with its
@@ -90,7 +90,7 @@ func BenchmarkEtcdSpace1000(b *testing.B) {
 	after := runSpaceMode(b, spaceMode{
 		name: "after", ip: 94, bin: filepath.Join(bin, "berth-agent"), root: filepath.Join(root, "after"),
 		flags:    []string{"--compaction-retention", esRetention.String()},
-		interval: state.DefaultRefresh,
+		interval: nodedoc.DefaultRefresh,
 	}, &report)
 
 	fmt.Fprintf(&report, "\nsummary (growth = linear, last sample minus first over the window; a rate per hour extrapolated from minutes)\n")
@@ -212,7 +212,7 @@ func runSpaceMode(b *testing.B, m spaceMode, report *strings.Builder) *spaceResu
 	var watchErr atomic.Value
 	watchStart := time.Now()
 	go func() {
-		for wr := range admin.Watch(ctx, state.Prefix, clientv3.WithPrefix()) {
+		for wr := range admin.Watch(ctx, nodedoc.Prefix, clientv3.WithPrefix()) {
 			if err := wr.Err(); err != nil {
 				watchErr.Store(err.Error())
 				return
@@ -220,7 +220,7 @@ func runSpaceMode(b *testing.B, m spaceMode, report *strings.Builder) *spaceResu
 			agentMu.Lock()
 			for _, ev := range wr.Events {
 				k := string(ev.Kv.Key)
-				if strings.HasPrefix(k, state.NodesPrefix+"sim-") {
+				if strings.HasPrefix(k, nodedoc.NodesPrefix+"sim-") {
 					continue
 				}
 				agentRevs[ev.Kv.ModRevision] = true
@@ -251,9 +251,9 @@ func runSpaceMode(b *testing.B, m spaceMode, report *strings.Builder) *spaceResu
 	simCtx, simCancel := context.WithCancel(ctx)
 	var simWG sync.WaitGroup
 	t0 := time.Now()
-	pubs := make([]*state.Publisher, esSims)
+	pubs := make([]*nodedoc.Publisher, esSims)
 	for i := range pubs {
-		p := state.NewPublisher(simCli, fmt.Sprintf("sim-%04d", i), idleSimDoc(i, t0), 0)
+		p := nodedoc.NewPublisher(simCli, fmt.Sprintf("sim-%04d", i), idleSimDoc(i, t0), 0)
 		p.Interval = m.interval
 		p.Log = quiet
 		p.OnWrite = func(r string) {
@@ -303,23 +303,23 @@ func runSpaceMode(b *testing.B, m spaceMode, report *strings.Builder) *spaceResu
 // idleSimDoc is an idle node's collector: figures that move a little
 // (below WriteReason's thresholds) and one container started at a moment
 // spread over the first 5 minutes after t0.
-func idleSimDoc(i int, t0 time.Time) func() state.Node {
+func idleSimDoc(i int, t0 time.Time) func() nodedoc.Node {
 	rng := rand.New(rand.NewPCG(uint64(i), 13))
 	boot := t0.Add(-time.Hour)
-	changeAt := t0.Add(time.Duration(i) * state.DefaultRefresh / esSims)
+	changeAt := t0.Add(time.Duration(i) * nodedoc.DefaultRefresh / esSims)
 	const total = 2 << 30
-	return func() state.Node {
+	return func() nodedoc.Node {
 		now := time.Now()
-		d := state.Node{Role: state.RoleClient, Ready: true, Addresses: []string{"10.0.3.1"}, Kernel: "6.1.0-50-cloud-amd64",
+		d := nodedoc.Node{Role: nodedoc.RoleClient, Ready: true, Addresses: []string{"10.0.3.1"}, Kernel: "6.1.0-50-cloud-amd64",
 			ClientURL: "https://10.0.3.1:2379",
-			OS:        state.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a", OtherSlotState: "good"},
+			OS:        nodedoc.OS{Name: "berth-minimal", Version: "0.2.0", Slot: "a", OtherSlotState: "good"},
 			BootTime:  boot, UptimeSeconds: int64(now.Sub(boot).Seconds()),
-			CPU:    state.CPU{Cores: 2, Load1: rng.Float64() * 0.3},
-			Memory: state.Memory{TotalBytes: total, AvailableBytes: uint64(total * (0.6 + 0.02*(2*rng.Float64()-1)))},
-			Agent:  state.Agent{Version: "dev", Started: boot.Add(5 * time.Second)},
+			CPU:    nodedoc.CPU{Cores: 2, Load1: rng.Float64() * 0.3},
+			Memory: nodedoc.Memory{TotalBytes: total, AvailableBytes: uint64(total * (0.6 + 0.02*(2*rng.Float64()-1)))},
+			Agent:  nodedoc.Agent{Version: "dev", Started: boot.Add(5 * time.Second)},
 		}
 		if now.After(changeAt) {
-			d.Containers = state.Containers{Running: 1, Total: 1}
+			d.Containers = nodedoc.Containers{Running: 1, Total: 1}
 		}
 		return d
 	}

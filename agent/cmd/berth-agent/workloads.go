@@ -22,10 +22,10 @@ import (
 	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/images"
 	"github.com/berth-os/berth/agent/netsetup"
+	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/sched"
-	"github.com/berth-os/berth/agent/state"
 	"github.com/berth-os/berth/agent/workload"
 	"github.com/berth-os/berth/internal/retry"
 )
@@ -218,12 +218,12 @@ func (p *peerList) urls() []string {
 func (p *peerList) follow(ctx context.Context, cli *clientv3.Client) error {
 	for {
 		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := cli.Get(gctx, state.RolesPrefix, clientv3.WithPrefix())
+		resp, err := cli.Get(gctx, nodedoc.RolesPrefix, clientv3.WithPrefix())
 		cancel()
 		if err == nil {
 			var list []string
 			for _, kv := range resp.Kvs {
-				var r state.RoleEntry
+				var r nodedoc.RoleEntry
 				if json.Unmarshal(kv.Value, &r) == nil && r.APIURL != "" && r.APIURL != p.self {
 					list = append(list, r.APIURL)
 				}

@@ -1,4 +1,4 @@
-package state_test
+package nodedoc_test
 
 import (
 	"bytes"
@@ -15,22 +15,22 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berth-os/berth/agent/state"
-	"github.com/berth-os/berth/agent/state/etcdtest"
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func fixedDoc(role *atomic.Value) func() state.Node {
-	return func() state.Node {
-		return state.Node{Role: role.Load().(string), Addresses: []string{"127.0.0.1"}, Ready: true,
-			CPU: state.CPU{Cores: 2}, Agent: state.Agent{Version: "test"}}
+func fixedDoc(role *atomic.Value) func() nodedoc.Node {
+	return func() nodedoc.Node {
+		return nodedoc.Node{Role: role.Load().(string), Addresses: []string{"127.0.0.1"}, Ready: true,
+			CPU: nodedoc.CPU{Cores: 2}, Agent: nodedoc.Agent{Version: "test"}}
 	}
 }
 
 // startPublisher runs p until the test ends or stop is called; stop waits
 // for Run to return.
-func startPublisher(t *testing.T, p *state.Publisher) (stop func()) {
+func startPublisher(t *testing.T, p *nodedoc.Publisher) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -93,12 +93,12 @@ func TestPublisherKeepAliveKeepsKeyThenCancelRemovesIt(t *testing.T) {
 	cli := e.Client(t)
 	var role atomic.Value
 	role.Store("voter")
-	p := state.NewPublisher(cli, "node-1", fixedDoc(&role), 2*time.Second)
+	p := nodedoc.NewPublisher(cli, "node-1", fixedDoc(&role), 2*time.Second)
 	p.Interval = 1500 * time.Millisecond
 	p.Log = quiet
 	stop := startPublisher(t, p)
 
-	_, lease, found := getKV(t, cli, state.NodeKey("node-1"))
+	_, lease, found := getKV(t, cli, nodedoc.NodeKey("node-1"))
 	if !found || lease == 0 {
 		t.Fatalf("document missing or without lease right after publishing (lease %x)", lease)
 	}
@@ -106,7 +106,7 @@ func TestPublisherKeepAliveKeepsKeyThenCancelRemovesIt(t *testing.T) {
 	// a put does not renew a lease, so only KeepAlive explains that.
 	for i := 0; i < 9; i++ {
 		time.Sleep(500 * time.Millisecond)
-		_, l, ok := getKV(t, cli, state.NodeKey("node-1"))
+		_, l, ok := getKV(t, cli, nodedoc.NodeKey("node-1"))
 		if !ok {
 			t.Fatalf("document vanished after %v", time.Duration(i+1)*500*time.Millisecond)
 		}
@@ -120,7 +120,7 @@ func TestPublisherKeepAliveKeepsKeyThenCancelRemovesIt(t *testing.T) {
 	}
 
 	stop()
-	if !waitFor(2*time.Second, func() bool { _, _, ok := getKV(t, cli, state.NodeKey("node-1")); return !ok }) {
+	if !waitFor(2*time.Second, func() bool { _, _, ok := getKV(t, cli, nodedoc.NodeKey("node-1")); return !ok }) {
 		t.Fatal("document still present 2s (the TTL) after the publisher stopped")
 	}
 }
@@ -132,13 +132,13 @@ func TestPublisherDocumentDiesWithItsClient(t *testing.T) {
 	agentCli := e.Client(t)
 	var role atomic.Value
 	role.Store("client")
-	p := state.NewPublisher(agentCli, "node-2", fixedDoc(&role), 2*time.Second)
+	p := nodedoc.NewPublisher(agentCli, "node-2", fixedDoc(&role), 2*time.Second)
 	p.Interval = time.Second
 	p.Log = quiet
 	startPublisher(t, p)
 	agentCli.Close() // keepalives stop, revoke is impossible
 	start := time.Now()
-	gone := waitFor(4*time.Second, func() bool { _, _, ok := getKV(t, observer, state.NodeKey("node-2")); return !ok })
+	gone := waitFor(4*time.Second, func() bool { _, _, ok := getKV(t, observer, nodedoc.NodeKey("node-2")); return !ok })
 	if !gone {
 		t.Fatal("document outlived its client by more than 4s with a 2s lease")
 	}
@@ -151,17 +151,17 @@ func TestPublisherRegrantsAfterLeaseLoss(t *testing.T) {
 	admin := e.Client(t)
 	var role atomic.Value
 	role.Store("voter")
-	p := state.NewPublisher(cli, "node-3", fixedDoc(&role), 3*time.Second)
+	p := nodedoc.NewPublisher(cli, "node-3", fixedDoc(&role), 3*time.Second)
 	p.Interval = 2 * time.Second
 	p.Log = quiet
 	startPublisher(t, p)
-	_, lease, _ := getKV(t, admin, state.NodeKey("node-3"))
+	_, lease, _ := getKV(t, admin, nodedoc.NodeKey("node-3"))
 	if _, err := admin.Revoke(context.Background(), clientv3.LeaseID(lease)); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
 	var newLease int64
 	back := waitFor(5*time.Second, func() bool {
-		_, l, ok := getKV(t, admin, state.NodeKey("node-3"))
+		_, l, ok := getKV(t, admin, nodedoc.NodeKey("node-3"))
 		newLease = l
 		return ok && l != lease
 	})
@@ -178,15 +178,15 @@ func TestPublisherPublishesChangesBeforeHeartbeat(t *testing.T) {
 	cli := e.Client(t)
 	var role atomic.Value
 	role.Store("learner")
-	p := state.NewPublisher(cli, "node-4", fixedDoc(&role), 10*time.Second)
+	p := nodedoc.NewPublisher(cli, "node-4", fixedDoc(&role), 10*time.Second)
 	p.Interval = 9 * time.Second
 	p.Poll = 100 * time.Millisecond
 	p.Log = quiet
 	startPublisher(t, p)
 	role.Store("voter")
 	ok := waitFor(2*time.Second, func() bool {
-		v, _, _ := getKV(t, cli, state.NodeKey("node-4"))
-		n, err := state.ParseNode(v)
+		v, _, _ := getKV(t, cli, nodedoc.NodeKey("node-4"))
+		n, err := nodedoc.ParseNode(v)
 		return err == nil && n.Role == "voter"
 	})
 	if !ok {
@@ -198,12 +198,12 @@ func TestPublisherPublishesChangesBeforeHeartbeat(t *testing.T) {
 func TestPublishedDocumentMatchesSchema(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{})
 	cli := e.Client(t)
-	c := &state.Collector{Name: "ignored", Role: "voter", Addresses: []string{"127.0.0.11"},
+	c := &nodedoc.Collector{Name: "ignored", Role: "voter", Addresses: []string{"127.0.0.11"},
 		ClientURL: "https://127.0.0.11:2379", Log: quiet}
-	p := state.NewPublisher(cli, "node-5", c.Collect, 0)
+	p := nodedoc.NewPublisher(cli, "node-5", c.Collect, 0)
 	p.Log = quiet
 	startPublisher(t, p)
-	raw, _, _ := getKV(t, cli, state.NodeKey("node-5"))
+	raw, _, _ := getKV(t, cli, nodedoc.NodeKey("node-5"))
 
 	var doc map[string]any
 	if err := json.Unmarshal(raw, &doc); err != nil {
@@ -242,7 +242,7 @@ func TestPublishedDocumentMatchesSchema(t *testing.T) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	var n state.Node
+	var n nodedoc.Node
 	if err := dec.Decode(&n); err != nil {
 		t.Fatalf("strict decode: %v", err)
 	}
@@ -254,12 +254,12 @@ func TestPublishedDocumentMatchesSchema(t *testing.T) {
 func TestPublisherRejectsBadArguments(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{})
 	cli := e.Client(t)
-	doc := func() state.Node { return state.Node{} }
-	for name, p := range map[string]*state.Publisher{
-		"bad name":       state.NewPublisher(cli, "Node/1", doc, 0),
-		"nil collect":    state.NewPublisher(cli, "n", nil, 0),
-		"fractional ttl": state.NewPublisher(cli, "n", doc, 2500*time.Millisecond),
-		"tiny ttl":       state.NewPublisher(cli, "n", doc, time.Second),
+	doc := func() nodedoc.Node { return nodedoc.Node{} }
+	for name, p := range map[string]*nodedoc.Publisher{
+		"bad name":       nodedoc.NewPublisher(cli, "Node/1", doc, 0),
+		"nil collect":    nodedoc.NewPublisher(cli, "n", nil, 0),
+		"fractional ttl": nodedoc.NewPublisher(cli, "n", doc, 2500*time.Millisecond),
+		"tiny ttl":       nodedoc.NewPublisher(cli, "n", doc, time.Second),
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		err := p.Run(ctx)
@@ -276,15 +276,15 @@ func TestPublisherPublishesDraining(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{})
 	cli := e.Client(t)
 	var draining atomic.Bool
-	c := &state.Collector{Name: "node-6", Addresses: []string{"127.0.0.1"}, Draining: draining.Load, Log: quiet}
-	p := state.NewPublisher(cli, "node-6", c.Collect, 10*time.Second)
+	c := &nodedoc.Collector{Name: "node-6", Addresses: []string{"127.0.0.1"}, Draining: draining.Load, Log: quiet}
+	p := nodedoc.NewPublisher(cli, "node-6", c.Collect, 10*time.Second)
 	p.Interval = 9 * time.Second
 	p.Poll = 100 * time.Millisecond
 	p.Log = quiet
 	startPublisher(t, p)
-	published := func() state.Node {
-		v, _, _ := getKV(t, cli, state.NodeKey("node-6"))
-		n, err := state.ParseNode(v)
+	published := func() nodedoc.Node {
+		v, _, _ := getKV(t, cli, nodedoc.NodeKey("node-6"))
+		n, err := nodedoc.ParseNode(v)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +297,7 @@ func TestPublisherPublishesDraining(t *testing.T) {
 	if !waitFor(2*time.Second, func() bool { return published().Draining }) {
 		t.Fatal("draining not published within 2s (heartbeat is 9s)")
 	}
-	v, _, _ := getKV(t, cli, state.NodeKey("node-6"))
+	v, _, _ := getKV(t, cli, nodedoc.NodeKey("node-6"))
 	if !strings.Contains(string(v), `"draining":true`) {
 		t.Fatalf("stored document lacks \"draining\":true: %s", v)
 	}
@@ -316,18 +316,18 @@ func TestPublisherIdleWritesNothing(t *testing.T) {
 	var role atomic.Value
 	role.Store("voter")
 	var writes atomic.Int64
-	p := state.NewPublisher(cli, "node-7", fixedDoc(&role), 2*time.Second)
+	p := nodedoc.NewPublisher(cli, "node-7", fixedDoc(&role), 2*time.Second)
 	p.Poll = 50 * time.Millisecond
 	p.OnWrite = func(string) { writes.Add(1) }
 	p.Log = quiet
 	startPublisher(t, p)
-	_, lease, _ := getKV(t, cli, state.NodeKey("node-7"))
-	first, err := cli.Get(context.Background(), state.NodeKey("node-7"))
+	_, lease, _ := getKV(t, cli, nodedoc.NodeKey("node-7"))
+	first, err := cli.Get(context.Background(), nodedoc.NodeKey("node-7"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Second) // 2.5 TTLs, 100 polls
-	got, err := cli.Get(context.Background(), state.NodeKey("node-7"))
+	got, err := cli.Get(context.Background(), nodedoc.NodeKey("node-7"))
 	if err != nil || len(got.Kvs) != 1 {
 		t.Fatalf("document gone after 2.5 TTLs without writes: %v", err)
 	}
@@ -352,7 +352,7 @@ func TestPublisherRefreshes(t *testing.T) {
 	role.Store("voter")
 	var reasons []string
 	var mu sync.Mutex
-	p := state.NewPublisher(cli, "node-8", fixedDoc(&role), 2*time.Second)
+	p := nodedoc.NewPublisher(cli, "node-8", fixedDoc(&role), 2*time.Second)
 	p.Poll, p.Interval = 50*time.Millisecond, time.Second
 	p.OnWrite = func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() }
 	p.Log = quiet

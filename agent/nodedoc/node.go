@@ -1,8 +1,8 @@
-// Package state defines the node document every berth agent publishes into
+// Package nodedoc defines the node document every berth agent publishes into
 // the cluster's etcd, the key layout under /berth/v1/, a collector that fills
 // the document from the running system, and a publisher that keeps it in etcd
 // under a lease so it disappears when the node does.
-package state
+package nodedoc
 
 import (
 	"encoding/json"
