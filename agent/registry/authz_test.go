@@ -131,6 +131,12 @@ func tlsRegistry(t testing.TB, ca *pki.CA, o Options) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tlsServe(t, ca, h)
+}
+
+// tlsServe serves h over TLS on loopback as tlsRegistry does.
+func tlsServe(t testing.TB, ca *pki.CA, h http.Handler) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	certPEM, keyPEM, err := ca.Issue("registry", pki.ServerClient, []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
 	if err != nil {

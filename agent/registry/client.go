@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -128,124 +126,6 @@ func drainBlob(l v1.Layer) (int64, error) {
 		return n, fmt.Errorf("blob %s: %w", d, err)
 	}
 	return n, nil
-}
-
-// Pruned is one tag Prune removed.
-type Pruned struct {
-	Tag   string
-	Blobs int // blobs deleted with it (those no kept tag uses)
-}
-
-// Prune deletes every tag of repo but keep, with its manifest and the
-// blobs that keep's image does not use. It returns what it removed, also
-// when it stops at an error. A tag, manifest or blob already gone is no
-// error.
-func (c *Client) Prune(ctx context.Context, repo name.Repository, keep string) ([]Pruned, error) {
-	// One puller and pusher for the whole walk: the registry is pinged
-	// and authenticated once, not per request.
-	puller, err := remote.NewPuller(c.options(ctx)...)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: %w", repo, err)
-	}
-	pusher, err := remote.NewPusher(c.options(ctx)...)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: %w", repo, err)
-	}
-	tags, err := puller.List(ctx, repo)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: list tags: %w", repo, err)
-	}
-	blobsOf := func(tag string) (map[v1.Hash]bool, v1.Hash, error) {
-		desc, err := puller.Get(ctx, repo.Tag(tag))
-		if err != nil {
-			return nil, v1.Hash{}, fmt.Errorf("read %s:%s: %w", repo, tag, err)
-		}
-		img, err := desc.Image()
-		if err != nil {
-			return nil, v1.Hash{}, fmt.Errorf("read %s:%s: %w", repo, tag, err)
-		}
-		m, err := img.Manifest()
-		if err != nil {
-			return nil, v1.Hash{}, fmt.Errorf("read %s:%s: %w", repo, tag, err)
-		}
-		digest, err := img.Digest()
-		if err != nil {
-			return nil, v1.Hash{}, fmt.Errorf("read %s:%s: %w", repo, tag, err)
-		}
-		blobs := map[v1.Hash]bool{m.Config.Digest: true}
-		for _, l := range m.Layers {
-			blobs[l.Digest] = true
-		}
-		return blobs, digest, nil
-	}
-	kept := map[v1.Hash]bool{}
-	for _, tag := range tags {
-		if tag == keep {
-			if kept, _, err = blobsOf(keep); err != nil {
-				return nil, fmt.Errorf("prune %s: %w", repo, err)
-			}
-		}
-	}
-	blobs, err := c.blobDeleter(ctx, repo)
-	if err != nil {
-		return nil, fmt.Errorf("prune %s: %w", repo, err)
-	}
-	var done []Pruned
-	for _, tag := range tags {
-		if tag == keep {
-			continue
-		}
-		used, digest, err := blobsOf(tag)
-		if err != nil {
-			return done, fmt.Errorf("prune %s: %w", repo, err)
-		}
-		// The tag first (so nobody resolves it to a half-deleted image),
-		// then the manifest it named.
-		for _, ref := range []name.Reference{repo.Tag(tag), repo.Digest(digest.String())} {
-			if err := pusher.Delete(ctx, ref); err != nil && !isNotFound(err) {
-				return done, fmt.Errorf("prune %s: delete %s: %w", repo, ref, err)
-			}
-		}
-		p := Pruned{Tag: tag}
-		for b := range used {
-			if kept[b] {
-				continue
-			}
-			if err := blobs(b); err != nil {
-				return done, fmt.Errorf("prune %s: %w", repo, err)
-			}
-			p.Blobs++
-		}
-		done = append(done, p)
-	}
-	return done, nil
-}
-
-// blobDeleter returns a function that deletes a blob from repo. ggcr has
-// no blob delete, so it sends the DELETE itself, through ggcr's transport
-// (which pings the registry and picks https or http as it answers).
-func (c *Client) blobDeleter(ctx context.Context, repo name.Repository) (func(v1.Hash) error, error) {
-	rt, err := transport.NewWithContext(ctx, repo.Registry, authn.Anonymous, c.transport(), []string{repo.Scope(transport.DeleteScope)})
-	if err != nil {
-		return nil, fmt.Errorf("reach %s: %w", repo.Registry, err)
-	}
-	client := &http.Client{Transport: rt, Timeout: time.Minute}
-	return func(d v1.Hash) error {
-		u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: fmt.Sprintf("/v2/%s/blobs/%s", repo.RepositoryStr(), d)}
-		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.String(), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return fmt.Errorf("delete blob %s: %w", d, err)
-		}
-		defer resp.Body.Close()
-		if err := transport.CheckError(resp, http.StatusOK, http.StatusAccepted, http.StatusNoContent, http.StatusNotFound); err != nil {
-			return fmt.Errorf("delete blob %s: %w", d, err)
-		}
-		return nil
-	}, nil
 }
 
 // isNotFound tells whether err is a registry's 404.

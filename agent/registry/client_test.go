@@ -13,9 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/berth-os/berth/agent/pki"
 )
@@ -139,72 +137,6 @@ func TestClientPushHasDownload(t *testing.T) {
 	// A node pushes nothing: the registry's refusal comes back.
 	if err := c.node.Push(ctx, mustRef(t, c.node2, "berth/os:1.1"), img, nil); !denied(err) {
 		t.Errorf("a node's push: %v, want DENIED", err)
-	}
-}
-
-// Prune keeps one tag and what its image uses, and removes the other
-// tags, their manifests and the blobs only they use.
-func TestClientPrune(t *testing.T) {
-	c := newClientCluster(t)
-	ctx := context.Background()
-	shared := randomImage(t, 1)
-	sharedLayers, _ := shared.Layers()
-	own, _ := randomImage(t, 1).Layers()
-	keep, err := mutate.AppendLayers(shared, own...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := randomImage(t, 2)
-	for tag, img := range map[string]v1.Image{"1.0": old, "2.0": shared, "3.0": keep} {
-		if err := c.admin.Push(ctx, mustRef(t, c.node1, "berth/os:"+tag), img, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	repo := mustRef(t, c.node1, "berth/os:3.0").Context()
-
-	pruned, err := c.admin.Prune(ctx, repo, "3.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 1.0: its config and 2 layers; 2.0: only its config (its layer is
-	// 3.0's first).
-	if want := []Pruned{{"1.0", 3}, {"2.0", 1}}; !slices.Equal(pruned, want) {
-		t.Errorf("Prune = %v, want %v", pruned, want)
-	}
-	for tag, want := range map[string]bool{"1.0": false, "2.0": false, "3.0": true} {
-		if got, err := c.admin.Has(ctx, repo.Tag(tag)); err != nil || got != want {
-			t.Errorf("after Prune: Has %s = %v, %v; want %v", tag, got, err, want)
-		}
-	}
-	if _, err := c.admin.Download(ctx, repo.Tag("3.0")); err != nil {
-		t.Fatalf("the kept payload lost a blob: %v", err)
-	}
-	blobServed := func(l v1.Layer) bool {
-		d, _ := l.Digest()
-		rl, err := remote.Layer(repo.Digest(d.String()), remote.WithTransport(c.admin.Transport))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = drainBlob(rl)
-		return err == nil
-	}
-	oldLayers, _ := old.Layers()
-	for _, l := range oldLayers {
-		if blobServed(l) {
-			t.Errorf("a layer of the pruned 1.0 is still served")
-		}
-	}
-	if !blobServed(sharedLayers[0]) {
-		t.Errorf("the layer 2.0 shared with the kept 3.0 is gone")
-	}
-
-	// Again: nothing left to remove. Keeping a tag that is not there
-	// removes everything.
-	if pruned, err := c.admin.Prune(ctx, repo, "3.0"); err != nil || len(pruned) != 0 {
-		t.Errorf("second Prune = %v, %v", pruned, err)
-	}
-	if pruned, err := c.admin.Prune(ctx, repo, "4.0"); err != nil || !slices.Equal(pruned, []Pruned{{"3.0", 3}}) {
-		t.Errorf("Prune keeping a missing tag = %v, %v", pruned, err)
 	}
 }
 

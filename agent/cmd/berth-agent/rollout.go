@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -72,7 +73,7 @@ func rolloutServices(cfg config.Config, opts *cluster.Options, agent func() *clu
 		Node: cfg.Name, Group: group, Updater: sys, Log: log,
 		Download: func(ctx context.Context, ref string) (int64, error) {
 			if tag, ok := strings.CutPrefix(ref, rollout.DefaultPayload("")); ok {
-				prunePayloads(ctx, reg, apiHost, tag, log)
+				prunePayloads(ctx, filepath.Join(cfg.StateDir, "registry"), tag, log)
 			}
 			r, err := name.ParseReference(resolve(ref))
 			if err != nil {
@@ -146,20 +147,23 @@ func rebootNode(ctx context.Context) error {
 	return nil
 }
 
-// prunePayloads deletes the OS payloads other than keep (a tag of
-// rollout.PayloadRepo) from this node's registry, with the blobs only
-// they use: the state partition holds a few payloads at most, and a node
-// needs only the one it moves to. A failure is logged, not returned: the
-// download goes on.
-func prunePayloads(ctx context.Context, reg *registry.Client, apiHost, keep string, log *slog.Logger) {
-	repo, err := name.NewRepository(apiHost + "/" + rollout.PayloadRepo)
-	if err != nil {
-		log.Warn("prune old OS payloads", "err", err)
+// prunePayloads removes the OS payloads other than keep (a tag of
+// rollout.PayloadRepo) from this node's registry storage at dir (where
+// workloads opens it), with the blobs only they use: the state partition
+// holds a few payloads at most, and a node needs only the one it moves
+// to. It goes in process, not over the registry API, where a node may not
+// delete and a tag delete would remove the version for the whole cluster;
+// tags stay, and a node that needs an old payload again fetches it from a
+// peer. A failure is logged, not returned: the download goes on.
+func prunePayloads(ctx context.Context, dir, keep string, log *slog.Logger) {
+	reg := registry.Lookup(dir)
+	if reg == nil {
+		log.Warn("prune old OS payloads: no registry open on this node", "dir", dir)
 		return
 	}
-	pruned, err := reg.Prune(ctx, repo, keep)
-	for _, p := range pruned {
-		log.Info("old OS payload removed from the node's registry", "version", p.Tag, "blobs", p.Blobs)
+	freed, err := reg.PruneLocal(ctx, rollout.PayloadRepo, keep)
+	if freed > 0 {
+		log.Info("old OS payloads removed from the node's registry storage", "kept", keep, "freed_bytes", freed)
 	}
 	if err != nil {
 		log.Warn("prune old OS payloads", "err", err)
