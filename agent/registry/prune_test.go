@@ -43,13 +43,9 @@ func newPruneCluster(t *testing.T) pruneCluster {
 	c := pruneCluster{tags: &MemTags{}, dir2: t.TempDir()}
 	nodeTransport := clientAs(t, ca, "node-2", pki.ServerClient)
 	s1 := tlsRegistry(t, ca, Options{Dir: t.TempDir(), Authorize: true, Tags: c.tags})
-	if _, err := New(Options{Dir: c.dir2, Authorize: true, Tags: c.tags,
+	if c.reg2, err = New(Options{Dir: c.dir2, Authorize: true, Tags: c.tags,
 		Peers: func() []string { return []string{s1.URL} }, PeerClient: &http.Client{Transport: nodeTransport}}); err != nil {
 		t.Fatal(err)
-	}
-	// The agent reaches its registry by its directory.
-	if c.reg2 = Lookup(c.dir2); c.reg2 == nil {
-		t.Fatal("Lookup: no registry open on the directory New was given")
 	}
 	c.seen2 = &counting{next: c.reg2}
 	s2 := tlsServe(t, ca, c.seen2)
@@ -271,8 +267,13 @@ func TestPruneLocalNeedsNoHTTP(t *testing.T) {
 func TestPruneLocalKeepRules(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	_, host := serve(t, dir, nil)
-	reg := Lookup(dir)
+	reg, err := New(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(reg)
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
 	// x/img:1 shares a layer with y/other:1; nothing links blobs to
 	// repositories here, so only y/other's manifest keeps it.
 	shared, err := random.Layer(2048, types.DockerLayer)

@@ -83,28 +83,6 @@ type Registry struct{ s *server }
 
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) { r.s.ServeHTTP(w, req) }
 
-// opened maps each Options.Dir to the registry New made on it, for Lookup.
-var opened struct {
-	sync.Mutex
-	byDir map[string]*Registry
-}
-
-func dirKey(dir string) string {
-	if abs, err := filepath.Abs(dir); err == nil {
-		return abs
-	}
-	return filepath.Clean(dir)
-}
-
-// Lookup returns the registry New last made on dir in this process, or nil.
-// It lets code that does not hold the handler (the agent's rollout driver)
-// reach its node's registry in process rather than over HTTPS.
-func Lookup(dir string) *Registry {
-	opened.Lock()
-	defer opened.Unlock()
-	return opened.byDir[dirKey(dir)]
-}
-
 // New returns the registry, serving /v2/....
 func New(o Options) (*Registry, error) {
 	if o.Dir == "" {
@@ -158,14 +136,7 @@ func New(o Options) (*Registry, error) {
 			}
 		}
 	}
-	r := &Registry{s: s}
-	opened.Lock()
-	if opened.byDir == nil {
-		opened.byDir = map[string]*Registry{}
-	}
-	opened.byDir[dirKey(o.Dir)] = r
-	opened.Unlock()
-	return r, nil
+	return &Registry{s: s}, nil
 }
 
 // replay loads persisted manifests into ggcr's memory. Images go before

@@ -100,12 +100,16 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	// A voter rebooting for a rollout is neither defragmented nor removed
 	// by self-healing.
 	opts.RebootSlotHolders = rollout.SlotHolders
-	if err := workloads(cfg, &opts, log); err != nil {
+	reg, err := openRegistry(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := workloads(cfg, &opts, reg, log); err != nil {
 		return err
 	}
 	// Services start only once the agent runs, so they can reach it.
 	var agentRef atomic.Pointer[cluster.Agent]
-	if err := rolloutServices(cfg, &opts, agentRef.Load, log); err != nil {
+	if err := rolloutServices(cfg, &opts, reg.Registry, agentRef.Load, log); err != nil {
 		return err
 	}
 	agent, err := cluster.New(opts)

@@ -4,9 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
+	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,7 +35,7 @@ const drainTimeout = 2 * time.Minute
 
 // rolloutServices adds the rollout leader (every node campaigns) and, on a
 // berth node (booted from an A/B slot), the node's rollout driver.
-func rolloutServices(cfg config.Config, opts *cluster.Options, agent func() *cluster.Agent, log *slog.Logger) error {
+func rolloutServices(cfg config.Config, opts *cluster.Options, reg *registry.Registry, agent func() *cluster.Agent, log *slog.Logger) error {
 	log = log.With("component", "rollout")
 	leader := &rollout.Leader{Node: cfg.Name, Log: log}
 	opts.Services = append(opts.Services, leader.Run)
@@ -52,17 +51,16 @@ func rolloutServices(cfg config.Config, opts *cluster.Options, agent func() *clu
 			return fmt.Errorf("label %s=%q: %w", GroupLabel, group, err)
 		}
 	}
-	apiHost := ""
-	if u, err := url.Parse(cfg.APIURL); err == nil {
-		apiHost = u.Host
-	}
-	transport := lazyNodeTransport(cfg.DataDir)
-	reg := &registry.Client{Transport: transport}
-	resolve := func(ref string) string {
-		if rest, ok := strings.CutPrefix(ref, rollout.LocalRegistryHost+"/"); ok {
-			return apiHost + "/" + rest
+	// The driver reads its own registry in process, as this node: no TLS
+	// hop to itself; what the registry lacks it fetches from the peers.
+	// A payload outside the cluster (--payload REF) is read from there.
+	local := reg.LocalTransport(registry.Identity{Role: registry.RoleNode, Name: cfg.Name})
+	outside := lazyNodeTransport(cfg.DataDir)
+	transportFor := func(ref string) http.RoundTripper {
+		if strings.HasPrefix(ref, rollout.LocalRegistryHost+"/") {
+			return local
 		}
-		return ref
+		return outside
 	}
 	var draining atomic.Bool
 	prevDraining := opts.Draining
@@ -73,21 +71,21 @@ func rolloutServices(cfg config.Config, opts *cluster.Options, agent func() *clu
 		Node: cfg.Name, Group: group, Updater: sys, Log: log,
 		Download: func(ctx context.Context, ref string) (int64, error) {
 			if tag, ok := strings.CutPrefix(ref, rollout.DefaultPayload("")); ok {
-				prunePayloads(ctx, filepath.Join(cfg.StateDir, "registry"), tag, log)
+				prunePayloads(ctx, reg, tag, log)
 			}
-			r, err := name.ParseReference(resolve(ref))
+			r, err := name.ParseReference(ref)
 			if err != nil {
 				return 0, fmt.Errorf("payload reference: %w", err)
 			}
-			return reg.Download(ctx, r)
+			return (&registry.Client{Transport: transportFor(ref)}).Download(ctx, r)
 		},
 		Open: func(ctx context.Context, ref string) (slot.Source, error) {
 			keys, err := payload.LoadPublicKeys("/" + layout.KeysDir)
 			if err != nil {
 				return nil, err
 			}
-			p, err := payload.Open(ctx, payload.PrefixRegistry+resolve(ref), keys,
-				payload.WithRemoteOptions(remote.WithTransport(transport)))
+			p, err := payload.Open(ctx, payload.PrefixRegistry+ref, keys,
+				payload.WithRemoteOptions(remote.WithTransport(transportFor(ref))))
 			if err != nil {
 				return nil, err
 			}
@@ -148,19 +146,14 @@ func rebootNode(ctx context.Context) error {
 }
 
 // prunePayloads removes the OS payloads other than keep (a tag of
-// rollout.PayloadRepo) from this node's registry storage at dir (where
-// workloads opens it), with the blobs only they use: the state partition
-// holds a few payloads at most, and a node needs only the one it moves
-// to. It goes in process, not over the registry API, where a node may not
-// delete and a tag delete would remove the version for the whole cluster;
-// tags stay, and a node that needs an old payload again fetches it from a
-// peer. A failure is logged, not returned: the download goes on.
-func prunePayloads(ctx context.Context, dir, keep string, log *slog.Logger) {
-	reg := registry.Lookup(dir)
-	if reg == nil {
-		log.Warn("prune old OS payloads: no registry open on this node", "dir", dir)
-		return
-	}
+// rollout.PayloadRepo) from this node's registry storage, with the blobs
+// only they use: the state partition holds a few payloads at most, and a
+// node needs only the one it moves to. It goes in process, not over the
+// registry API, where a node may not delete and a tag delete would remove
+// the version for the whole cluster; tags stay, and a node that needs an
+// old payload again fetches it from a peer. A failure is logged, not
+// returned: the download goes on.
+func prunePayloads(ctx context.Context, reg *registry.Registry, keep string, log *slog.Logger) {
 	freed, err := reg.PruneLocal(ctx, rollout.PayloadRepo, keep)
 	if freed > 0 {
 		log.Info("old OS payloads removed from the node's registry storage", "kept", keep, "freed_bytes", freed)

@@ -30,26 +30,39 @@ import (
 	"github.com/berth-os/berth/internal/retry"
 )
 
-// workloads wires the container side of the agent into cluster.Options:
-// the scheduler and the node's workload manager as services, and the node
-// API and the cluster registry on the agent's HTTPS listener.
-func workloads(cfg config.Config, opts *cluster.Options, log *slog.Logger) error {
-	peers := &peerList{self: cfg.APIURL}
-	tags := &registry.EtcdTags{}
-	reg, err := registry.New(registry.Options{
+// nodeRegistry is this node's cluster registry with what it follows:
+// the peers (other agents' API URLs) and the tags in etcd.
+type nodeRegistry struct {
+	*registry.Registry
+	peers *peerList
+	tags  *registry.EtcdTags
+}
+
+// openRegistry opens the node's registry storage under the state dir.
+func openRegistry(cfg config.Config, log *slog.Logger) (*nodeRegistry, error) {
+	r := &nodeRegistry{peers: &peerList{self: cfg.APIURL}, tags: &registry.EtcdTags{}}
+	var err error
+	r.Registry, err = registry.New(registry.Options{
 		Dir:        filepath.Join(cfg.StateDir, "registry"),
-		Peers:      peers.urls,
+		Peers:      r.peers.urls,
 		PeerClient: &http.Client{Transport: lazyNodeTransport(cfg.DataDir), Timeout: 5 * time.Minute},
 		Log:        log.With("component", "registry"),
 		Authorize:  true,
-		Tags:       tags,
+		Tags:       r.tags,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	api := func(mux *http.ServeMux) { mux.Handle("/v2/", reg) }
-	opts.Services = append(opts.Services, peers.follow, func(ctx context.Context, cli *clientv3.Client) error {
-		tags.SetClient(cli) // tags live in etcd: one answer on every node
+	return r, nil
+}
+
+// workloads wires the container side of the agent into cluster.Options:
+// the scheduler and the node's workload manager as services, and the node
+// API and the cluster registry on the agent's HTTPS listener.
+func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log *slog.Logger) error {
+	api := func(mux *http.ServeMux) { mux.Handle("/v2/", reg.Registry) }
+	opts.Services = append(opts.Services, reg.peers.follow, func(ctx context.Context, cli *clientv3.Client) error {
+		reg.tags.SetClient(cli) // tags live in etcd: one answer on every node
 		<-ctx.Done()
 		return nil
 	}, func(ctx context.Context, cli *clientv3.Client) error {
