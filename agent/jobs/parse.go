@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -62,20 +61,11 @@ func parseTree(data []byte) (*yaml.Node, *yamlnode.Error) {
 }
 
 func yamlTree(data []byte) (*yaml.Node, *yamlnode.Error) {
-	root, err := yamlnode.Decode(data)
-	var extra *yamlnode.ExtraDocumentError
-	var syntax *yamlnode.SyntaxError
-	switch {
-	case err == nil:
-		return root, nil
-	case errors.Is(err, yamlnode.ErrEmpty):
-		return nil, &yamlnode.Error{Line: 1, Msg: "empty file; expected a job mapping with name, image, resources"}
-	case errors.As(err, &extra):
-		return nil, &yamlnode.Error{Line: extra.Line, Msg: "a second YAML document; expected one job per file"}
-	case errors.As(err, &syntax):
-		return nil, &yamlnode.Error{Line: syntax.Line, Msg: syntax.Msg + "; expected valid YAML or JSON"}
-	}
-	return nil, &yamlnode.Error{Line: 1, Msg: yamlnode.OneLine(err.Error()) + "; expected valid YAML or JSON"}
+	return yamlnode.DecodeDoc(data, yamlnode.DocWords{
+		Empty:  "empty file; expected a job mapping with name, image, resources",
+		Extra:  "a second YAML document; expected one job per file",
+		Syntax: "%s; expected valid YAML or JSON",
+	})
 }
 
 // decoder walks the node tree and remembers the line of every field, so a

@@ -9,7 +9,6 @@
 package nodeconfig
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -76,22 +75,17 @@ func Parse(data []byte, currentHostname string) (*Config, []Problem) {
 		p.failFile(0, fmt.Sprintf("file is %d bytes; a node configuration is at most %d", len(data), maxFileBytes))
 		return p.cfg, p.problems
 	}
-	root, err := yamlnode.Decode(data)
-	var extra *yamlnode.ExtraDocumentError
-	var syntax *yamlnode.SyntaxError
+	root, perr := yamlnode.DecodeDoc(data, yamlnode.DocWords{
+		Extra:  "only one YAML document is allowed",
+		Syntax: "not valid YAML: %s",
+	})
 	switch {
-	case errors.Is(err, yamlnode.ErrEmpty):
+	case perr != nil:
+		p.failFile(perr.Line, perr.Msg)
+		return p.cfg, p.problems
+	case root == nil:
 		p.cfg.parsed = true
 		return p.cfg, nil // empty, or only comments: every default
-	case errors.As(err, &extra):
-		p.failFile(extra.Line, "only one YAML document is allowed")
-		return p.cfg, p.problems
-	case errors.As(err, &syntax):
-		p.failFile(syntax.Line, "not valid YAML: "+syntax.Msg)
-		return p.cfg, p.problems
-	case err != nil:
-		p.failFile(0, "not valid YAML: "+yamlnode.OneLine(err.Error()))
-		return p.cfg, p.problems
 	}
 	root = yamlnode.Deref(root)
 	if root.Kind != yaml.MappingNode {

@@ -121,6 +121,35 @@ func Decode(data []byte) (*yaml.Node, error) {
 	return doc.Content[0], nil
 }
 
+// DocWords word the problems of a whole document for one kind of file.
+type DocWords struct {
+	Empty  string // the message for an empty document; "" when empty is allowed
+	Extra  string // the message for a second document
+	Syntax string // a format with one %s for the parser's message
+}
+
+// DecodeDoc is Decode with each problem as one positional Error in the
+// file type's words. An allowed empty document returns nil, nil.
+func DecodeDoc(data []byte, w DocWords) (*yaml.Node, *Error) {
+	root, err := Decode(data)
+	var extra *ExtraDocumentError
+	var syntax *SyntaxError
+	switch {
+	case err == nil:
+		return root, nil
+	case errors.Is(err, ErrEmpty):
+		if w.Empty == "" {
+			return nil, nil
+		}
+		return nil, &Error{Line: 1, Msg: w.Empty}
+	case errors.As(err, &extra):
+		return nil, &Error{Line: extra.Line, Msg: w.Extra}
+	case errors.As(err, &syntax):
+		return nil, &Error{Line: syntax.Line, Msg: fmt.Sprintf(w.Syntax, syntax.Msg)}
+	}
+	return nil, &Error{Line: 1, Msg: fmt.Sprintf(w.Syntax, OneLine(err.Error()))}
+}
+
 // decodeDocuments returns the only document of data, io.EOF when there is
 // none, or a YAML syntax error. yaml.v3 panics only on its own bugs; those
 // become errors too, since bad input must never crash a program.

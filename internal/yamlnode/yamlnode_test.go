@@ -155,3 +155,31 @@ nmae: again
 		t.Errorf("alias not followed: %+v", entries)
 	}
 }
+
+func TestDecodeDoc(t *testing.T) {
+	w := DocWords{Empty: "empty", Extra: "second", Syntax: "bad: %s"}
+	cases := []struct {
+		in       string
+		words    DocWords
+		wantLine int
+		wantMsg  string // "" for no error
+		wantNil  bool
+	}{
+		{"a: 1\n", w, 0, "", false},
+		{"", w, 1, "empty", true},
+		{"# only a comment\n", DocWords{Extra: "x", Syntax: "%s"}, 0, "", true},
+		{"a: 1\n---\nb: 2\n", w, 2, "second", true},
+		{"a: 1\nb: [\n", w, 2, "bad: ", true},
+	}
+	for _, c := range cases {
+		root, err := DecodeDoc([]byte(c.in), c.words)
+		switch {
+		case c.wantMsg == "" && err != nil:
+			t.Errorf("%q: unexpected error %v", c.in, err)
+		case c.wantMsg != "" && (err == nil || err.Line != c.wantLine || !strings.HasPrefix(err.Msg, c.wantMsg)):
+			t.Errorf("%q: error %+v, want line %d and a message starting %q", c.in, err, c.wantLine, c.wantMsg)
+		case (root == nil) != c.wantNil:
+			t.Errorf("%q: root %v, want nil %v", c.in, root, c.wantNil)
+		}
+	}
+}
