@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/berth-os/berth/internal/atomicfile"
 )
 
 // manifestStore persists what ggcr's registry keeps only in memory: one small
@@ -49,14 +51,14 @@ func (s *manifestStore) contentPath(digest string) string {
 // save records that repo:ref names the manifest body; the bytes go first so a
 // record never points at missing content.
 func (s *manifestStore) save(rec manifestRecord, body []byte) error {
-	if err := writeFileAtomic(s.contentPath(rec.Digest), body); err != nil {
+	if err := atomicfile.WriteFile(s.contentPath(rec.Digest), body, 0o600); err != nil {
 		return fmt.Errorf("persist manifest %s: %w", rec.Digest, err)
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode manifest record: %w", err)
 	}
-	if err := writeFileAtomic(s.refPath(rec.Repo, rec.Reference), data); err != nil {
+	if err := atomicfile.WriteFile(s.refPath(rec.Repo, rec.Reference), data, 0o600); err != nil {
 		return fmt.Errorf("persist manifest reference %s:%s: %w", rec.Repo, rec.Reference, err)
 	}
 	return nil
@@ -126,25 +128,4 @@ func (s *manifestStore) load() (recs []manifestRecord, bodies map[string][]byte,
 func sha256Digest(b []byte) string {
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-// writeFileAtomic writes temp+fsync+rename so readers see old or new bytes, never half.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after a successful rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
