@@ -14,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/builder/qemu"
 )
 
@@ -246,7 +247,7 @@ func bootCluster(t *testing.T) *clusterEnv {
 // slot, and the boot is measured.
 func scenarioReady(t *testing.T, e *clusterEnv) {
 	c, version := e.c, e.versions["0.1.0"].res.Manifest.Version
-	nodes, err := c.NodeStates(e.ctx, e.berthctl)
+	nodes, err := c.ListNodes(e.ctx, e.berthctl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +286,7 @@ func scenarioNodeLoss(t *testing.T, e *clusterEnv) {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	if _, err := c.WaitNodes(ctx, e.berthctl, func(nodes []qemu.NodeState) error {
+	if _, err := c.WaitNodes(ctx, e.berthctl, func(nodes []ctl.NodeRow) error {
 		return statuses(nodes, map[string]string{"node-1": "Ready", "node-2": "Ready", "node-3": "NotReady"})
 	}); err != nil {
 		t.Fatalf("node-3 NotReady after SIGKILL: %v", err)
@@ -314,7 +315,7 @@ func scenarioNodeLoss(t *testing.T, e *clusterEnv) {
 	} else {
 		t.Logf("node-3 console: %s", line)
 	}
-	_, err = c.WaitNodes(ctx, e.berthctl, func(nodes []qemu.NodeState) error {
+	_, err = c.WaitNodes(ctx, e.berthctl, func(nodes []ctl.NodeRow) error {
 		if err := c.AllReady(nodes); err != nil {
 			return err
 		}
@@ -345,7 +346,7 @@ func scenarioNodeLoss(t *testing.T, e *clusterEnv) {
 }
 
 // statuses checks the READY column of the listed nodes.
-func statuses(nodes []qemu.NodeState, want map[string]string) error {
+func statuses(nodes []ctl.NodeRow, want map[string]string) error {
 	got := map[string]string{}
 	for _, n := range nodes {
 		got[n.Name] = n.Status

@@ -219,7 +219,7 @@ func scenarioRollout(t *testing.T, e *clusterEnv) {
 			t.Errorf("%s: current %s previous %s, want 0.2.0 from 0.1.0", n, s.Current, s.Previous)
 		}
 	}
-	states, err := c.NodeStates(ctx, e.berthctl)
+	states, err := c.ListNodes(ctx, e.berthctl)
 	if err != nil {
 		t.Fatal(err)
 	}

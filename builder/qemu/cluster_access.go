@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/internal/atomicfile"
 )
 
@@ -211,30 +212,14 @@ func (c *Cluster) Berthctl(ctx context.Context, bin string, args ...string) ([]b
 	return out, nil
 }
 
-// NodeState is a node as `berthctl nodes -o json` lists it (the fields the
-// harness looks at).
-type NodeState struct {
-	Name     string `json:"name"`
-	Role     string `json:"role"`
-	Status   string `json:"status"` // Ready or NotReady
-	Document *struct {
-		OS struct {
-			Version string `json:"version"`
-			Slot    string `json:"slot"`
-		} `json:"os"`
-		Labels map[string]string `json:"labels"`
-	} `json:"document"`
-}
-
-// NodeStates lists the cluster's nodes through berthctl.
-func (c *Cluster) NodeStates(ctx context.Context, bin string) ([]NodeState, error) {
+// ListNodes lists the cluster's nodes through berthctl, as `berthctl
+// nodes -o json` prints them (one format, agent/ctl's).
+func (c *Cluster) ListNodes(ctx context.Context, bin string) ([]ctl.NodeRow, error) {
 	out, err := c.Berthctl(ctx, bin, "nodes", "-o", "json")
 	if err != nil {
 		return nil, err
 	}
-	var list struct {
-		Items []NodeState `json:"items"`
-	}
+	var list ctl.NodeList
 	if err := json.Unmarshal(out, &list); err != nil {
 		return nil, fmt.Errorf("berthctl nodes -o json: %w", err)
 	}
@@ -243,9 +228,9 @@ func (c *Cluster) NodeStates(ctx context.Context, bin string) ([]NodeState, erro
 
 // WaitNodes polls berthctl every second until cond accepts the node list
 // or ctx ends; it returns the last list.
-func (c *Cluster) WaitNodes(ctx context.Context, bin string, cond func([]NodeState) error) ([]NodeState, error) {
+func (c *Cluster) WaitNodes(ctx context.Context, bin string, cond func([]ctl.NodeRow) error) ([]ctl.NodeRow, error) {
 	for {
-		nodes, err := c.NodeStates(ctx, bin)
+		nodes, err := c.ListNodes(ctx, bin)
 		if err == nil {
 			if err = cond(nodes); err == nil {
 				return nodes, nil
@@ -260,7 +245,7 @@ func (c *Cluster) WaitNodes(ctx context.Context, bin string, cond func([]NodeSta
 }
 
 // AllReady accepts a list of exactly the cluster's nodes, all Ready.
-func (c *Cluster) AllReady(nodes []NodeState) error {
+func (c *Cluster) AllReady(nodes []ctl.NodeRow) error {
 	ready := map[string]bool{}
 	for _, n := range nodes {
 		ready[n.Name] = n.Status == "Ready"
