@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/pki"
+	"github.com/berth-os/berth/agent/subnet"
 )
 
 // DefaultPath is where the agent looks for its configuration file when
@@ -69,16 +71,31 @@ type Config struct {
 	StateDir        string            `yaml:"state_dir"`  // containers, images, volumes, registry, network state
 	RescheduleGrace Duration          `yaml:"reschedule_grace"`
 	Bridge          string            `yaml:"bridge"`
-	BridgeSubnet    string            `yaml:"bridge_subnet"`
-	BridgeSubnet6   string            `yaml:"bridge_subnet6"` // "none": IPv6 off for containers
-	PortBindIP      string            `yaml:"port_bind_ip"`
-	CgroupParent    string            `yaml:"cgroup_parent"` // tenants' cgroup subtrees live under CgroupParent/tenants/
-	NetNSDir        string            `yaml:"netns_dir"`     // containers' named network namespaces
+	// BridgeSubnet and BridgeSubnet6 are empty by default: the node
+	// leases its subnets from the cluster ranges. Set, they are a
+	// node-local network outside those ranges (no lease of that family).
+	BridgeSubnet  string `yaml:"bridge_subnet"`
+	BridgeSubnet6 string `yaml:"bridge_subnet6"` // "none": IPv6 off for containers
+	// The cluster's container ranges, used by the bootstrapping node only
+	// (stored in etcd; joining nodes take them from there).
+	ClusterSubnet      string   `yaml:"cluster_subnet"`
+	NodeSubnetBits     int      `yaml:"node_subnet_bits"`
+	ClusterSubnet6     string   `yaml:"cluster_subnet6"` // empty: a random ULA /48 at bootstrap
+	SubnetReclaimAfter Duration `yaml:"subnet_reclaim_after"`
+	PortBindIP         string   `yaml:"port_bind_ip"`
+	CgroupParent       string   `yaml:"cgroup_parent"` // tenants' cgroup subtrees live under CgroupParent/tenants/
+	NetNSDir           string   `yaml:"netns_dir"`     // containers' named network namespaces
 
 	// Derived by Validate.
-	BridgePrefix4 netip.Prefix `yaml:"-"`
-	BridgePrefix6 netip.Prefix `yaml:"-"` // invalid: IPv6 off for containers
+	BridgePrefix4 netip.Prefix `yaml:"-"` // invalid: leased
+	BridgePrefix6 netip.Prefix `yaml:"-"` // invalid: leased, or IPv6 off (bridge_subnet6: none)
+	// ClusterRanges are the ranges a bootstrapping node stores; IPv6
+	// invalid: a random ULA /48 chosen then.
+	ClusterRanges subnet.Ranges `yaml:"-"`
 }
+
+// IPv6Off reports whether containers on this node get no IPv6 address.
+func (c *Config) IPv6Off() bool { return c.BridgeSubnet6 == "none" }
 
 // RunContainers reports whether this node runs containers (default true).
 func (c *Config) RunContainers() bool { return c.Containers == nil || *c.Containers }
@@ -116,8 +133,11 @@ func (c *Config) setDefaults() {
 	dur(&c.RescheduleGrace, 10*time.Second)
 	str(&c.StateDir, "/var/lib/berth")
 	str(&c.Bridge, "berth0")
-	str(&c.BridgeSubnet, "10.88.0.0/24")
-	str(&c.BridgeSubnet6, "fd42:6265:7274::/64")
+	str(&c.ClusterSubnet, subnet.DefaultIPv4)
+	if c.NodeSubnetBits == 0 {
+		c.NodeSubnetBits = subnet.DefaultNodeBits4
+	}
+	dur(&c.SubnetReclaimAfter, subnet.DefaultReclaimAfter)
 	str(&c.PortBindIP, "0.0.0.0")
 	str(&c.CgroupParent, "berth")
 	str(&c.NetNSDir, "/run/berth/netns")
@@ -164,8 +184,12 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "containers, images, volumes and registry")
 	fs.Var(&c.RescheduleGrace, "reschedule-grace", "how long a node may be gone before its containers run elsewhere")
 	fs.StringVar(&c.Bridge, "bridge", c.Bridge, "container bridge interface")
-	fs.StringVar(&c.BridgeSubnet, "bridge-subnet", c.BridgeSubnet, "container IPv4 subnet")
-	fs.StringVar(&c.BridgeSubnet6, "bridge-subnet6", c.BridgeSubnet6, "container IPv6 subnet, or none")
+	fs.StringVar(&c.BridgeSubnet, "bridge-subnet", c.BridgeSubnet, "this node's container IPv4 subnet, outside cluster-subnet (default: leased from cluster-subnet)")
+	fs.StringVar(&c.BridgeSubnet6, "bridge-subnet6", c.BridgeSubnet6, "this node's container IPv6 subnet outside cluster-subnet6, or none (default: a /64 leased from cluster-subnet6)")
+	fs.StringVar(&c.ClusterSubnet, "cluster-subnet", c.ClusterSubnet, "the cluster's container IPv4 range, each node leasing a /node-subnet-bits of it (bootstrap only)")
+	fs.IntVar(&c.NodeSubnetBits, "node-subnet-bits", c.NodeSubnetBits, "prefix length of each node's IPv4 subnet (bootstrap only)")
+	fs.StringVar(&c.ClusterSubnet6, "cluster-subnet6", c.ClusterSubnet6, "the cluster's container IPv6 range, a ULA; nodes lease /64s (bootstrap only; default: a random fdXX:XXXX:XXXX::/48)")
+	fs.Var(&c.SubnetReclaimAfter, "subnet-reclaim-after", "how long a node must be gone before its subnets are leased to others (bootstrap only)")
 	fs.StringVar(&c.PortBindIP, "port-bind-ip", c.PortBindIP, "host address of container port mappings")
 	fs.StringVar(&c.NetNSDir, "netns-dir", c.NetNSDir, "where containers' network namespaces are pinned")
 	fs.StringVar(&c.CgroupParent, "cgroup-parent", c.CgroupParent, "cgroup of all containers; tenants get CGROUP/tenants/NAME")
@@ -484,15 +508,8 @@ func (c *Config) validateWorkloads() error {
 	if len(c.Bridge) > 15 {
 		return fmt.Errorf("bridge: %q must be an interface name of 1 to 15 characters", c.Bridge)
 	}
-	var err error
-	if c.BridgePrefix4, err = netip.ParsePrefix(c.BridgeSubnet); err != nil || !c.BridgePrefix4.Addr().Is4() {
-		return fmt.Errorf("bridge-subnet: %q is not an IPv4 prefix like 10.88.0.0/24", c.BridgeSubnet)
-	}
-	c.BridgePrefix6 = netip.Prefix{}
-	if c.BridgeSubnet6 != "none" {
-		if c.BridgePrefix6, err = netip.ParsePrefix(c.BridgeSubnet6); err != nil || !c.BridgePrefix6.Addr().Is6() {
-			return fmt.Errorf("bridge-subnet6: %q is not an IPv6 prefix like fd42:6265:7274::/64 (or none)", c.BridgeSubnet6)
-		}
+	if err := c.validateSubnets(); err != nil {
+		return err
 	}
 	if net.ParseIP(c.PortBindIP) == nil {
 		return fmt.Errorf("port-bind-ip: %q is not an IP address", c.PortBindIP)
@@ -504,6 +521,73 @@ func (c *Config) validateWorkloads() error {
 		return fmt.Errorf("netns-dir: %q must be an absolute path", c.NetNSDir)
 	}
 	return nil
+}
+
+// validateSubnets checks the cluster ranges and the node's explicit
+// bridge subnets. The ranges matter only on the bootstrapping node (no
+// join), so only there are the bridge subnets and the node's address
+// checked against them; every node checks again against the stored
+// ranges when it leases.
+func (c *Config) validateSubnets() error {
+	var err error
+	c.BridgePrefix4, c.BridgePrefix6 = netip.Prefix{}, netip.Prefix{}
+	if c.BridgeSubnet != "" {
+		if c.BridgePrefix4, err = netip.ParsePrefix(c.BridgeSubnet); err != nil || !c.BridgePrefix4.Addr().Is4() {
+			return fmt.Errorf("bridge-subnet: %q is not an IPv4 prefix like 10.231.0.0/24", c.BridgeSubnet)
+		}
+	}
+	if c.BridgeSubnet6 != "" && !c.IPv6Off() {
+		if c.BridgePrefix6, err = netip.ParsePrefix(c.BridgeSubnet6); err != nil || !c.BridgePrefix6.Addr().Is6() {
+			return fmt.Errorf("bridge-subnet6: %q is not an IPv6 prefix like fd42:6265:7274::/64 (or none)", c.BridgeSubnet6)
+		}
+	}
+	r := subnet.Ranges{NodeBits4: c.NodeSubnetBits}
+	if r.IPv4, err = netip.ParsePrefix(c.ClusterSubnet); err != nil {
+		return fmt.Errorf("cluster-subnet: %q is not an IPv4 prefix like %s", c.ClusterSubnet, subnet.DefaultIPv4)
+	}
+	if err := subnet.CheckIPv4(r.IPv4, r.NodeBits4); err != nil {
+		return fmt.Errorf("cluster-subnet/node-subnet-bits: %w", err)
+	}
+	if c.ClusterSubnet6 != "" {
+		if r.IPv6, err = netip.ParsePrefix(c.ClusterSubnet6); err != nil {
+			return fmt.Errorf("cluster-subnet6: %q is not an IPv6 prefix like fd5a:1f03:9c2e::/48", c.ClusterSubnet6)
+		}
+		if err := subnet.CheckIPv6(r.IPv6); err != nil {
+			return fmt.Errorf("cluster-subnet6: %w", err)
+		}
+	}
+	if err := c.SubnetReclaimAfter.parse("subnet-reclaim-after", "24h"); err != nil {
+		return err
+	}
+	if d := c.SubnetReclaimAfter.Duration; d < time.Second || d%time.Second != 0 {
+		return fmt.Errorf("subnet-reclaim-after: %s must be whole seconds, at least 1s", d)
+	}
+	r.ReclaimAfterSeconds = int64(c.SubnetReclaimAfter.Duration / time.Second)
+	c.ClusterRanges = r
+	if len(c.Join) > 0 {
+		return nil
+	}
+	if err := subnet.CheckOwn("bridge-subnet", c.BridgePrefix4, r.IPv4); err != nil {
+		return err
+	}
+	if err := subnet.CheckOwn("bridge-subnet6", c.BridgePrefix6, r.IPv6); err != nil {
+		return err
+	}
+	return r.CheckAddrs(c.NodeAddrs())
+}
+
+// NodeAddrs are the node's own addresses named by its URLs (after
+// Validate), which the container ranges must not hold.
+func (c *Config) NodeAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, raw := range []string{c.PeerURL, c.ClientURL, c.APIURL} {
+		if u, err := url.Parse(raw); err == nil {
+			if a, err := netip.ParseAddr(u.Hostname()); err == nil && !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // checkLabel accepts label keys and values that are safe in a node

@@ -139,7 +139,9 @@ bridge: br-file
 	}
 	if d.DataDir != "/var/lib/berth/agent" || d.Voters != 3 || d.DeadAfter.Duration != 30*time.Second || d.ElectionTimeout.Duration != time.Second ||
 		d.EtcdQuota.Bytes != 2<<30 || d.RescheduleGrace.Duration != 10*time.Second || !d.RunContainers() || d.Bridge != "berth0" ||
-		d.BridgePrefix4.String() != "10.88.0.0/24" || d.BridgePrefix6.String() != "fd42:6265:7274::/64" || d.PeerURL != "https://10.0.0.5:2380" ||
+		d.BridgePrefix4.IsValid() || d.BridgePrefix6.IsValid() || d.IPv6Off() || d.PeerURL != "https://10.0.0.5:2380" ||
+		d.ClusterRanges.IPv4.String() != "10.88.0.0/16" || d.ClusterRanges.NodeBits4 != 24 || d.ClusterRanges.IPv6.IsValid() ||
+		d.ClusterRanges.ReclaimAfter() != 24*time.Hour ||
 		d.MetricsURL != "http://127.0.0.1:7481" || d.StateDir != "/var/lib/berth" || d.NetNSDir != "/run/berth/netns" {
 		t.Fatalf("defaults: %+v", d)
 	}
@@ -152,5 +154,44 @@ func TestNoDefaultFile(t *testing.T) {
 	c, err := Parse([]string{"--name", "n1", "--advertise-ip", "10.0.0.5", "--voters", "1"})
 	if err != nil || c.Voters != 1 {
 		t.Fatalf("no %s: %v %+v", DefaultPath, err, c)
+	}
+}
+
+func TestSubnetSettings(t *testing.T) {
+	base := []string{"--name", "n1", "--advertise-ip", "10.0.0.5"}
+	join := []string{"--join", "https://10.0.0.1:7480", "--token", "0123456789abcdef0123456789abcdef.sha256:" + strings.Repeat("ab", 32)}
+	tests := []struct {
+		name string
+		args []string
+		want string // "" = valid
+	}{
+		{"defaults", nil, ""},
+		{"bootstrap ranges", []string{"--cluster-subnet", "10.50.0.0/16", "--node-subnet-bits", "26", "--cluster-subnet6", "fd12:3456:789a::/48", "--subnet-reclaim-after", "2h"}, ""},
+		{"explicit bridge outside", []string{"--bridge-subnet", "10.231.51.0/24", "--bridge-subnet6", "fd00:231:51::/64"}, ""},
+		{"ipv6 off", []string{"--bridge-subnet6", "none"}, ""},
+		{"malformed range", []string{"--cluster-subnet", "10.88.0/16"}, `cluster-subnet: "10.88.0/16" is not an IPv4 prefix`},
+		{"host bits", []string{"--cluster-subnet", "10.88.1.0/16"}, "write it as 10.88.0.0/16"},
+		{"node larger than range", []string{"--cluster-subnet", "10.88.0.0/24", "--node-subnet-bits", "16"}, "node subnet size /16 is larger than the cluster subnet 10.88.0.0/24"},
+		{"ipv6 range as ipv4", []string{"--cluster-subnet", "fd00::/48"}, "is not an IPv4 prefix"},
+		{"ipv4-mapped ipv6 range", []string{"--cluster-subnet6", "::ffff:10.88.0.0/112"}, "cluster-subnet6"},
+		{"ipv6 not ULA", []string{"--cluster-subnet6", "2001:db8::/48"}, "not a unique local"},
+		{"bridge inside range", []string{"--bridge-subnet", "10.88.3.0/24"}, "bridge-subnet 10.88.3.0/24 overlaps the cluster range 10.88.0.0/16"},
+		{"bridge6 inside range", []string{"--cluster-subnet6", "fd12:3456:789a::/48", "--bridge-subnet6", "fd12:3456:789a:1::/64"}, "bridge-subnet6"},
+		{"node address inside", []string{"--cluster-subnet", "10.0.0.0/16"}, "contains this node's address 10.0.0.5"},
+		{"joiner's own ranges are not checked", append([]string{"--bridge-subnet", "10.88.3.0/24"}, join...), ""},
+		{"reclaim too short", []string{"--subnet-reclaim-after", "500ms"}, "subnet-reclaim-after"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(append(append([]string{}, base...), tc.args...))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			case err != nil && strings.Contains(err.Error(), "\n"):
+				t.Fatalf("not one line: %q", err)
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/sched"
+	"github.com/berth-os/berth/agent/subnet"
 	"github.com/berth-os/berth/agent/workload"
 	"github.com/berth-os/berth/internal/retry"
 )
@@ -69,6 +70,14 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		ensureTenantRoles(ctx, cli, log.With("component", "tenants"))
 		return nil
 	})
+	// Every node takes part in reclaiming subnets; only a node running
+	// containers leases them.
+	subnets := subnet.NewNode(subnet.NodeOptions{
+		Name: cfg.Name, Bootstrap: len(cfg.Join) == 0, Ranges: cfg.ClusterRanges,
+		Containers: cfg.RunContainers(), Own4: cfg.BridgePrefix4, Own6: cfg.BridgePrefix6, NoIPv6: cfg.IPv6Off(),
+		Addrs: cfg.NodeAddrs(), Log: log.With("component", "subnets"),
+	})
+	opts.Services = append(opts.Services, subnets.Run)
 	if !cfg.RunContainers() {
 		opts.API = api
 		return nil
@@ -88,15 +97,25 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 	if err != nil {
 		return err
 	}
-	netCfg := netsetup.Config{
-		Bridge: cfg.Bridge, Subnet4: cfg.BridgePrefix4, Subnet6: cfg.BridgePrefix6,
-		DisableIPv6: !cfg.BridgePrefix6.IsValid(),
-		StateDir:    filepath.Join(cfg.StateDir, "net"),
-		NetNSDir:    cfg.NetNSDir,
+	// The bridge is configured only once the node's subnets are leased
+	// (or found again): the workload side asks on first use.
+	network := func() (workload.Network, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		got, err := subnets.Wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return netsetup.Open(netsetup.Config{
+			Bridge: cfg.Bridge, Subnet4: got.IPv4, Subnet6: got.IPv6,
+			DisableIPv6: !got.IPv6.IsValid(),
+			StateDir:    filepath.Join(cfg.StateDir, "net"),
+			NetNSDir:    cfg.NetNSDir,
+		})
 	}
 	mgr, err := workload.New(workload.Options{
 		Node: cfg.Name, Runtime: rt, Images: store,
-		Network:       func() (workload.Network, error) { return netsetup.Open(netCfg) },
+		Network:       network,
 		VolumesDir:    filepath.Join(cfg.StateDir, "volumes"),
 		PortBindIP:    cfg.PortBindIP,
 		TenantCgroups: path.Join(cfg.CgroupParent, "tenants"),
