@@ -25,6 +25,9 @@ const (
 	// as long before its first defrag, so that one started by its
 	// predecessor is over: never two at once.
 	defragTimeout = time.Minute
+	// DefragTakeoverWait is how long a new leader's agent waits before
+	// its first defrag (tests bound a recovery across a leader change).
+	DefragTakeoverWait = defragTimeout
 	// spaceLowNum/Den: a member's file at 80% of the quota shows as
 	// etcd_space "low" in its node document.
 	spaceLowNum, spaceLowDen = 4, 5

@@ -168,12 +168,26 @@ func (c *testCluster) stopAll() {
 func (c *testCluster) dumpLogs() {
 	for _, n := range c.nodes {
 		data, _ := os.ReadFile(n.logPath)
-		lines := strings.Split(string(data), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
+		// The agent's own lines (slog text) first: etcd's JSON warnings
+		// (a refused write each, under NOSPACE) would bury them.
+		var own, etcd []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(l, "{") {
+				etcd = append(etcd, l)
+			} else if l != "" {
+				own = append(own, l)
+			}
 		}
-		c.t.Logf("---- %s (last lines)\n%s", n.name, strings.Join(lines, "\n"))
+		c.t.Logf("---- %s (last agent lines)\n%s", n.name, strings.Join(lastN(own, 60), "\n"))
+		c.t.Logf("---- %s (last etcd lines)\n%s", n.name, strings.Join(lastN(etcd, 10), "\n"))
 	}
+}
+
+func lastN(lines []string, n int) []string {
+	if len(lines) > n {
+		return lines[len(lines)-n:]
+	}
+	return lines
 }
 
 // waitReady polls /readyz until it answers 200 or the node's process ends.
