@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/berth-os/berth/internal/atomicfile"
 	"maps"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -91,6 +93,13 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 	for _, v := range job.Volumes {
 		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: m.volumeDir(w.ref, v.Name), Target: v.Path})
 	}
+	if m.o.ResolvConf != nil {
+		file := m.resolvConfPath(id)
+		if err := atomicfile.WriteFile(file, m.o.ResolvConf(w.ref.Tenant), 0o644); err != nil {
+			return runtime.Spec{}, fmt.Errorf("resolv.conf: %w", err)
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: file, Target: "/etc/resolv.conf", ReadOnly: true})
+	}
 	n, err := m.network()
 	if err != nil {
 		return runtime.Spec{}, err
@@ -110,6 +119,9 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 		if spec.ContainerIP == "" {
 			return runtime.Spec{}, fmt.Errorf("port %d: this node has no container network", p.Container)
 		}
+		if m.o.KernelPorts {
+			continue // published by the node network (Endpoints)
+		}
 		proto := p.Protocol
 		if proto == "" {
 			proto = "tcp"
@@ -117,6 +129,11 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 		spec.Ports = append(spec.Ports, runtime.Port{HostIP: m.o.PortBindIP, HostPort: p.Host, ContainerPort: p.Container, Proto: proto})
 	}
 	return spec, nil
+}
+
+// resolvConfPath is where a container's /etc/resolv.conf is kept on the node.
+func (m *Manager) resolvConfPath(id string) string {
+	return filepath.Join(m.o.StateDir, "resolv", id+".conf")
 }
 
 // ClusterRegistryHost names the cluster-local registry in image references.

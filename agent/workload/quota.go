@@ -86,7 +86,12 @@ func (m *Manager) rememberAddress(id string, a netsetup.Attachment) {
 func (m *Manager) forgetAddress(id string) {
 	m.addrMu.Lock()
 	delete(m.addrs, id)
+	_, had := m.endpoints[id]
+	delete(m.endpoints, id)
 	m.addrMu.Unlock()
+	if had {
+		m.signalEndpoints()
+	}
 }
 
 // addresses returns the container's addresses; an adopted container's are

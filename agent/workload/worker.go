@@ -283,6 +283,7 @@ func (w *worker) report(ctx context.Context, want *assignment, rs jobs.ReplicaSt
 	rs.Node, rs.Generation, rs.Restarts = w.m.o.Node, want.Generation, w.restarts
 	if ip, ip6 := w.m.addresses(rs.ContainerID); ip != "" || ip6 != "" {
 		rs.IPv4, rs.IPv6 = ip, ip6
+		w.m.noteEndpoint(rs.ContainerID, w.ref, want.Spec.Ports)
 	}
 	probe, _ := json.Marshal(rs)
 	if string(probe) == w.lastStatus {
@@ -357,6 +358,11 @@ func (m *Manager) removeContainer(ctx context.Context, id string) {
 		}
 	}
 	m.forgetAddress(id)
+	if m.o.ResolvConf != nil {
+		if err := os.Remove(m.resolvConfPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("remove container resolv.conf", "id", id, "err", err)
+		}
+	}
 	m.log.Info("container removed", "id", id)
 }
 

@@ -58,6 +58,14 @@ type Options struct {
 	VolumesDir string
 	// PortBindIP is the host address of port mappings (default 0.0.0.0).
 	PortBindIP string
+	// KernelPorts: published ports are programmed in the kernel by the
+	// node network from Endpoints (TCP and UDP, client addresses kept);
+	// without it the container's shim proxies TCP ports in user space
+	// (a node whose network is not managed by agent/nodenet, and tests).
+	KernelPorts bool
+	// ResolvConf renders a tenant's containers' /etc/resolv.conf (the
+	// node's service-name server first); nil leaves the image's file.
+	ResolvConf func(tenant string) []byte
 	// TenantCgroups is the cgroup parent of tenant subtrees (default berth/tenants).
 	TenantCgroups string
 	// LocalRegistry is HOST:PORT of this node's agent API; image
@@ -95,8 +103,10 @@ type Manager struct {
 	// collector (write) never deletes an image between the two.
 	imagesInUse sync.RWMutex
 
-	addrMu sync.Mutex
-	addrs  map[string]netsetup.Attachment // container ID -> addresses, for status reports
+	addrMu    sync.Mutex
+	addrs     map[string]netsetup.Attachment // container ID -> addresses, for status reports
+	endpoints map[string]Endpoint            // container ID -> what the node network publishes
+	epChanged chan struct{}
 }
 
 // replicaRef names one replica of one job.
@@ -146,7 +156,8 @@ func New(o Options) (*Manager, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	m := &Manager{o: o, log: o.Log.With("component", "workload"), workers: map[replicaRef]*worker{}, quotas: map[string]jobs.Quota{}, addrs: map[string]netsetup.Attachment{}}
+	m := &Manager{o: o, log: o.Log.With("component", "workload"), workers: map[replicaRef]*worker{}, quotas: map[string]jobs.Quota{}, addrs: map[string]netsetup.Attachment{},
+		endpoints: map[string]Endpoint{}, epChanged: make(chan struct{}, 1)}
 	book, err := openUsageBook(o.StateDir)
 	if err != nil {
 		return nil, err
