@@ -58,7 +58,7 @@ func New(opts Options) (*Agent, error) {
 			dir: dir, name: opts.Name, clusterName: opts.ClusterName,
 			peerURL: opts.PeerURL, clientURL: opts.ClientURL, apiURL: opts.APIURL,
 			voters: opts.Voters, join: slices.Clone(opts.Join), token: opts.Token,
-			tokenOutput: opts.TokenOutput, log: opts.Log,
+			tokenOutput: opts.TokenOutput, log: opts.Log, containers: opts.LeasesSubnets,
 		},
 		member:  newEtcdMember(dir, &opts),
 		readyCh: make(chan struct{}),
@@ -150,7 +150,7 @@ func (a *Agent) run(ctx context.Context) error {
 	}()
 	errc := make(chan error, 4)
 
-	api := &apiServer{dir: a.prov.dir, url: a.opts.APIURL, self: a.opts.Name, cli: a.cli, extra: a.opts.API, log: a.log}
+	api := &apiServer{dir: a.prov.dir, url: a.opts.APIURL, self: a.opts.Name, cli: a.cli, extra: a.opts.API, log: a.log, room: a.opts.SubnetRoom}
 	if err := api.start(); err != nil {
 		return err
 	}

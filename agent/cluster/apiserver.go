@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -32,6 +33,8 @@ type apiServer struct {
 	cli   *clientv3.Client
 	extra func(mux *http.ServeMux)
 	log   *slog.Logger
+	// room refuses a containers node's join when no subnet is left.
+	room func(ctx context.Context, cli *clientv3.Client, node string) error
 
 	srv  *http.Server
 	addr net.Addr // where it listens, once started
@@ -63,6 +66,10 @@ func (s *apiServer) joinHandler() (http.Handler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join API: %w", err)
 	}
+	var room func(context.Context, string) error
+	if s.room != nil {
+		room = func(ctx context.Context, node string) error { return s.room(ctx, s.cli, node) }
+	}
 	tokenText, err := os.ReadFile(s.dir.path(tokenFile))
 	if err != nil {
 		return nil, fmt.Errorf("join API: %w", err)
@@ -74,6 +81,7 @@ func (s *apiServer) joinHandler() (http.Handler, error) {
 	return &joinapi.Server{
 		Client: s.cli, CA: ca, CAKeyPEM: caKey, Token: token, SelfName: s.self,
 		Log: s.log.With("component", "joinapi"), Joined: func(o string) { joinsTotal.WithLabelValues(o).Inc() },
+		Room: room,
 	}, nil
 }
 

@@ -72,6 +72,11 @@ type Options struct {
 	// their members are never defragmented nor removed by self-healing
 	// (they are rebooting). nil: none.
 	RebootSlotHolders func(ctx context.Context, cli *clientv3.Client) (map[string]bool, error)
+	// LeasesSubnets: this node will lease container subnets, which it
+	// says when it joins. SubnetRoom, on nodes that admit others, refuses
+	// such a join when no subnet is left (agent/subnet.CheckRoom).
+	LeasesSubnets bool
+	SubnetRoom    func(ctx context.Context, cli *clientv3.Client, node string) error
 }
 
 // OptionsFrom carries the cluster settings of cfg, which Validate has

@@ -34,6 +34,7 @@ type provisioner struct {
 	token       string
 	tokenOutput func(token string)
 	log         *slog.Logger
+	containers  bool // the node will lease container subnets (told at join)
 }
 
 // open returns the record of the data dir, making one first when the data
@@ -137,7 +138,7 @@ func (p *provisioner) joinCluster(ctx context.Context) (*dataDirRecord, error) {
 		p.log.Info("cluster CA authenticated with the join secret", "ca_hash", token.CAHash)
 	}
 	resp, err := joinapi.Join(jctx, p.join, token, joinapi.Request{
-		Name: p.name, PeerURL: p.peerURL, ClientURL: p.clientURL, APIURL: p.apiURL,
+		Name: p.name, PeerURL: p.peerURL, ClientURL: p.clientURL, APIURL: p.apiURL, Containers: p.containers,
 	})
 	if err != nil {
 		return nil, err

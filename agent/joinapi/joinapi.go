@@ -25,6 +25,9 @@ type Request struct {
 	PeerURL   string `json:"peer_url"`
 	ClientURL string `json:"client_url"`
 	APIURL    string `json:"api_url"`
+	// Containers: the node will run containers and lease container
+	// subnets; the join is refused when the cluster's range has none left.
+	Containers bool `json:"containers,omitempty"`
 }
 
 // Response tells the node how to start and gives it its credentials.

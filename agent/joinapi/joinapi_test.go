@@ -116,3 +116,24 @@ func TestCertAddressesAddsLoopbackSource(t *testing.T) {
 		t.Fatalf("non-loopback node got %v", ips)
 	}
 }
+
+// TestServerRefusesWhenNoSubnetLeft: a node that will run containers is
+// refused with the Room check's reason when the range is full.
+func TestServerRefusesWhenNoSubnetLeft(t *testing.T) {
+	ca, err := pki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _ := pki.NewToken(pki.CAHash(ca.Cert))
+	asked := ""
+	s := &Server{Token: token, SelfName: "node-1", Room: func(_ context.Context, node string) error {
+		asked = node
+		return errors.New("node node-2 would get no container subnet: no free subnet: all 2 /24 subnets of 10.9.0.0/23 are leased")
+	}}
+	body := `{"name":"node-2","secret":"` + token.Secret + `","peer_url":"https://a:1","client_url":"https://a:2","api_url":"https://a:3","containers":true}`
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, Path, strings.NewReader(body)))
+	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), "10.9.0.0/23 are leased") || asked != "node-2" {
+		t.Fatalf("HTTP %d %q (asked %q), want 409 with the reason", rec.Code, rec.Body, asked)
+	}
+}

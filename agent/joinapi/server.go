@@ -39,6 +39,9 @@ type Server struct {
 	// Joined, if set, is called with the outcome ("learner", "client",
 	// "refused", "error") for metrics.
 	Joined func(outcome string)
+	// Room, if set, is asked before a node that will run containers is
+	// admitted (Request.Containers): an error refuses the join with it.
+	Room func(ctx context.Context, node string) error
 
 	mu sync.Mutex // one join at a time: decisions depend on the member list
 }
@@ -84,6 +87,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if req.Containers && s.Room != nil {
+		cctx, cancel := context.WithTimeout(r.Context(), etcdCallTimeout)
+		err := s.Room(cctx, req.Name)
+		cancel()
+		if err != nil {
+			s.log().Warn("join refused", "name", req.Name, "err", err)
+			s.count("refused")
+			s.refuse(w, http.StatusConflict, err.Error())
+			return
+		}
+	}
 	timeout := s.Timeout
 	if timeout <= 0 {
 		timeout = 45 * time.Second

@@ -350,3 +350,40 @@ func apply(ctx context.Context, cli *clientv3.Client, st state, fence clientv3.C
 	}
 	return resp.Succeeded, nil
 }
+
+// CheckRoom tells whether node could lease its subnets now: it holds them
+// already (its record's leases, or leases naming it), or a free subnet is
+// left in every family of the stored ranges. The join API asks before it
+// admits a node that will run containers, so that a full range refuses
+// the join with the reason instead of leaving a node that cannot start a
+// container. Nothing is written; the lease itself is still decided by
+// Acquire's transaction.
+func CheckRoom(ctx context.Context, cli *clientv3.Client, node string) error {
+	r, found, err := GetRanges(ctx, cli)
+	if err != nil || !found {
+		return err // no ranges yet: the bootstrapping node has not stored them
+	}
+	st, err := readState(ctx, cli)
+	if err != nil {
+		return err
+	}
+	taken := make([]netip.Prefix, 0, len(st.leases))
+	for p := range st.leases {
+		taken = append(taken, p)
+	}
+	for _, f := range []struct {
+		rng  netip.Prefix
+		bits int
+	}{{r.IPv4, r.NodeBits4}, {r.IPv6, NodeBits6}} {
+		if !f.rng.IsValid() {
+			continue
+		}
+		if _, mine := orphanOf(st, node, f.rng, f.bits); mine {
+			continue
+		}
+		if _, err := Pick(f.rng, f.bits, taken); err != nil {
+			return fmt.Errorf("node %s would get no container subnet: %w", node, err)
+		}
+	}
+	return nil
+}

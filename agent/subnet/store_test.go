@@ -144,6 +144,41 @@ func TestAcquireExhausted(t *testing.T) {
 	}
 }
 
+// TestCheckRoom: the join-time check says no for a new node once the
+// range is full, names the range and the remedy, and still says yes for a
+// node that holds its subnets (a rejoin); before the ranges are stored it
+// has nothing to refuse.
+func TestCheckRoom(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	if err := CheckRoom(ctx, cli, "a"); err != nil {
+		t.Fatalf("no ranges stored yet: %v", err)
+	}
+	r, err := EnsureRanges(ctx, cli, testRanges("10.9.0.0/23", 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"a", "b"} {
+		if err := CheckRoom(ctx, cli, node); err != nil {
+			t.Fatalf("%s before the range is full: %v", node, err)
+		}
+		if _, err := Acquire(ctx, cli, node, r, Want{IPv4: true, IPv6: true}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = CheckRoom(ctx, cli, "c")
+	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "node c") || !strings.Contains(err.Error(), "10.9.0.0/23") {
+		t.Fatalf("third node: %v, want ErrExhausted naming the node and the range", err)
+	}
+	if err := CheckRoom(ctx, cli, "a"); err != nil {
+		t.Errorf("node a holds its subnets, a rejoin must pass: %v", err)
+	}
+	if got := leasesIn(t, cli); len(got) != 4 {
+		t.Fatalf("the check wrote leases: %v", got)
+	}
+}
+
 // TestAcquireReleasesUnwanted: a node that now uses an explicit subnet
 // (or turned IPv6 off) gives its lease of that family back.
 func TestAcquireReleasesUnwanted(t *testing.T) {
