@@ -179,10 +179,25 @@ func BusyboxLayer(tb testing.TB) v1.Layer {
 	return busybox.layer
 }
 
+// FileOption changes how FilesLayer writes its files.
+type FileOption func(modes map[string]int64)
+
+// Mode gives the file at path (a key of FilesLayer's map) that mode, e.g.
+// 0o755 for a binary: only content starting with "#!" is executable
+// otherwise. Content is bytes in a string, so binaries are fine.
+func Mode(path string, mode int64) FileOption {
+	return func(modes map[string]int64) { modes[strings.TrimPrefix(path, "/")] = mode }
+}
+
 // FilesLayer makes a layer holding files (path -> content), with their
-// parent directories. Content starting with "#!" is executable.
-func FilesLayer(tb testing.TB, files map[string]string) v1.Layer {
+// parent directories. Content starting with "#!" is executable; Mode sets
+// any other mode.
+func FilesLayer(tb testing.TB, files map[string]string, opts ...FileOption) v1.Layer {
 	tb.Helper()
+	modes := map[string]int64{}
+	for _, o := range opts {
+		o(modes)
+	}
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, strings.TrimPrefix(n, "/"))
@@ -211,6 +226,9 @@ func FilesLayer(tb testing.TB, files map[string]string) v1.Layer {
 		mode := int64(0o644)
 		if strings.HasPrefix(body, "#!") {
 			mode = 0o755
+		}
+		if m, ok := modes[n]; ok {
+			mode = m
 		}
 		entries = append(entries, Entry{Name: n, Body: body, Mode: mode})
 	}
