@@ -35,6 +35,13 @@ func ParseJob(data []byte, source string) (Job, error) {
 	if fe := j.validate(false); fe != nil {
 		return Job{}, inFile(&yamlnode.Error{Line: d.lineOf(fe.Field), Field: fe.Field, Msg: fe.Problem}, source)
 	}
+	// New jobs' names are single DNS labels: the job's service name is
+	// JOB.TENANT.berth. (Stored jobs of older releases may hold a dot;
+	// they keep running, without a service name.)
+	if strings.Contains(j.Name, ".") {
+		return Job{}, inFile(&yamlnode.Error{Line: d.lineOf("name"), Field: "name",
+			Msg: fmt.Sprintf("%q is not a DNS label: '.' is not allowed, the job's service name is JOB.TENANT.berth; use %q", clip(j.Name), strings.ReplaceAll(j.Name, ".", "-"))}, source)
+	}
 	return j, nil
 }
 

@@ -145,6 +145,7 @@ func TestParseJobErrors(t *testing.T) {
 		{base + "bogus: 1\n", "j.yaml:6: bogus: unknown key; expected one of schema, name"},
 		{base + "Name: x\n", "j.yaml:6: Name: unknown key"},
 		{base + "name: again\n", "j.yaml:6: name: given twice"},
+		{strings.Replace(base, "name: web", "name: web.v2", 1), `j.yaml:1: name: "web.v2" is not a DNS label: '.' is not allowed, the job's service name is JOB.TENANT.berth; use "web-v2"`},
 		{base + "replicas: 1001\n", "j.yaml:6: replicas: 1001 is out of range; expected 0..1000"},
 		{base + "replicas: -1\n", "j.yaml:6: replicas: -1 is out of range"},
 		{base + "replicas: 2.5\n", "j.yaml:6: replicas: got the number 2.5; expected a whole number"},
