@@ -83,8 +83,12 @@ type Config struct {
 	ClusterSubnet6     string   `yaml:"cluster_subnet6"` // empty: a random ULA /48 at bootstrap
 	SubnetReclaimAfter Duration `yaml:"subnet_reclaim_after"`
 	PortBindIP         string   `yaml:"port_bind_ip"`
-	CgroupParent       string   `yaml:"cgroup_parent"` // tenants' cgroup subtrees live under CgroupParent/tenants/
-	NetNSDir           string   `yaml:"netns_dir"`     // containers' named network namespaces
+	// ClusterNetwork is how this node reaches other nodes' containers:
+	// "auto" (direct routes to nodes on a shared link, VXLAN to others)
+	// or "vxlan" (VXLAN to every node).
+	ClusterNetwork string `yaml:"cluster_network"`
+	CgroupParent   string `yaml:"cgroup_parent"` // tenants' cgroup subtrees live under CgroupParent/tenants/
+	NetNSDir       string `yaml:"netns_dir"`     // containers' named network namespaces
 
 	// Derived by Validate.
 	BridgePrefix4 netip.Prefix `yaml:"-"` // invalid: leased
@@ -139,6 +143,7 @@ func (c *Config) setDefaults() {
 	}
 	dur(&c.SubnetReclaimAfter, subnet.DefaultReclaimAfter)
 	str(&c.PortBindIP, "0.0.0.0")
+	str(&c.ClusterNetwork, "auto")
 	str(&c.CgroupParent, "berth")
 	str(&c.NetNSDir, "/run/berth/netns")
 	if c.Containers == nil {
@@ -191,6 +196,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.ClusterSubnet6, "cluster-subnet6", c.ClusterSubnet6, "the cluster's container IPv6 range, a ULA; nodes lease /64s (bootstrap only; default: a random fdXX:XXXX:XXXX::/48)")
 	fs.Var(&c.SubnetReclaimAfter, "subnet-reclaim-after", "how long a node must be gone before its subnets are leased to others (bootstrap only)")
 	fs.StringVar(&c.PortBindIP, "port-bind-ip", c.PortBindIP, "host address of container port mappings")
+	fs.StringVar(&c.ClusterNetwork, "cluster-network", c.ClusterNetwork, "how other nodes' containers are reached: auto (direct routes on a shared link, else VXLAN) or vxlan")
 	fs.StringVar(&c.NetNSDir, "netns-dir", c.NetNSDir, "where containers' network namespaces are pinned")
 	fs.StringVar(&c.CgroupParent, "cgroup-parent", c.CgroupParent, "cgroup of all containers; tenants get CGROUP/tenants/NAME")
 }
@@ -511,8 +517,11 @@ func (c *Config) validateWorkloads() error {
 	if err := c.validateSubnets(); err != nil {
 		return err
 	}
-	if net.ParseIP(c.PortBindIP) == nil {
+	if _, err := netip.ParseAddr(c.PortBindIP); err != nil {
 		return fmt.Errorf("port-bind-ip: %q is not an IP address", c.PortBindIP)
+	}
+	if c.ClusterNetwork != "auto" && c.ClusterNetwork != "vxlan" {
+		return fmt.Errorf("cluster-network: %q is not auto or vxlan", c.ClusterNetwork)
 	}
 	if strings.HasPrefix(c.CgroupParent, "/") || strings.Contains(c.CgroupParent, "..") {
 		return fmt.Errorf("cgroup-parent: %q must be a relative cgroup path like berth", c.CgroupParent)

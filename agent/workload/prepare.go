@@ -114,6 +114,9 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 			spec.ContainerIP = att.IPv4.String()
 		}
 		m.rememberAddress(id, att)
+		// Known to the node network before the container runs: its
+		// tenant rules fail closed for an address they do not know.
+		m.noteEndpoint(id, w.ref, job.Ports)
 	}
 	for _, p := range job.Ports {
 		if spec.ContainerIP == "" {

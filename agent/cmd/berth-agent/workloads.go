@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -21,8 +22,10 @@ import (
 	"github.com/berth-os/berth/agent/config"
 	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/images"
+	"github.com/berth-os/berth/agent/netroute"
 	"github.com/berth-os/berth/agent/netsetup"
 	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodenet"
 	"github.com/berth-os/berth/agent/registry"
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/sched"
@@ -78,6 +81,8 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		Addrs: cfg.NodeAddrs(), Log: log.With("component", "subnets"),
 	})
 	opts.Services = append(opts.Services, subnets.Run)
+	opts.SubnetRoom = subnet.CheckRoom
+	opts.LeasesSubnets = cfg.RunContainers() && !cfg.BridgePrefix4.IsValid()
 	if !cfg.RunContainers() {
 		opts.API = api
 		return nil
@@ -98,33 +103,70 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		return err
 	}
 	// The bridge is configured only once the node's subnets are leased
-	// (or found again): the workload side asks on first use.
-	network := func() (workload.Network, error) {
+	// (or found again): the workload side and the node network ask on
+	// first use, and share one opened network.
+	var netMu sync.Mutex
+	var opened *netsetup.Network
+	openNet := func() (*netsetup.Network, error) {
+		netMu.Lock()
+		defer netMu.Unlock()
+		if opened != nil {
+			return opened, nil
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		got, err := subnets.Wait(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return netsetup.Open(netsetup.Config{
+		n, err := netsetup.Open(netsetup.Config{
 			Bridge: cfg.Bridge, Subnet4: got.IPv4, Subnet6: got.IPv6,
 			DisableIPv6: !got.IPv6.IsValid(),
 			StateDir:    filepath.Join(cfg.StateDir, "net"),
 			NetNSDir:    cfg.NetNSDir,
 		})
+		if err == nil {
+			opened = n
+		}
+		return n, err
 	}
-	mgr, err := workload.New(workload.Options{
+	// A node with leased subnets is part of the cluster network (routes,
+	// rules, names); one with an explicit bridge_subnet keeps a node-local
+	// network whose TCP ports the shim proxies.
+	clusterNet := !cfg.BridgePrefix4.IsValid()
+	var nn *nodenet.Net
+	mgrOpts := workload.Options{
 		Node: cfg.Name, Runtime: rt, Images: store,
-		Network:       network,
+		Network:       func() (workload.Network, error) { return openNet() },
 		VolumesDir:    filepath.Join(cfg.StateDir, "volumes"),
 		PortBindIP:    cfg.PortBindIP,
+		KernelPorts:   clusterNet,
 		TenantCgroups: path.Join(cfg.CgroupParent, "tenants"),
 		StateDir:      cfg.StateDir,
 		LocalRegistry: apiHost,
 		Log:           log,
-	})
+	}
+	if clusterNet {
+		mgrOpts.ResolvConf = func(tenant string) []byte { return nn.ResolvConf(tenant) }
+	}
+	mgr, err := workload.New(mgrOpts)
 	if err != nil {
 		return err
+	}
+	if clusterNet {
+		nn, err = nodenet.New(nodenet.Options{
+			Node: cfg.Name, Bridge: cfg.Bridge,
+			Subnets:    func(ctx context.Context) (subnet.Assigned, error) { return subnets.Wait(ctx) },
+			OpenBridge: func() error { _, err := openNet(); return err },
+			Routes:     netroute.Config{Mode: cfg.ClusterNetwork},
+			Endpoints:  mgr.Endpoints, EndpointsChanged: mgr.EndpointsChanged(),
+			PortBindIP: netip.MustParseAddr(cfg.PortBindIP),
+			Log:        log,
+		})
+		if err != nil {
+			return err
+		}
+		opts.Services = append(opts.Services, nn.Run)
 	}
 	opts.Services = append(opts.Services, mgr.Run, func(ctx context.Context, cli *clientv3.Client) error {
 		s := sched.New(cli, sched.Options{Name: cfg.Name, Grace: cfg.RescheduleGrace.Duration, Log: log.With("component", "scheduler")})
