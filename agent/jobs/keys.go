@@ -135,6 +135,21 @@ func parseTenantKey(key, kind string) (JobRef, bool) {
 	return JobRef{Tenant: parts[0], Job: parts[2]}, true
 }
 
+// ParseStatusKey splits tenants/<tenant>/status/<job>/<replica>; ok is
+// false for any other key.
+func ParseStatusKey(key string) (ReplicaID, bool) {
+	rest, ok := strings.CutPrefix(key, TenantsPrefix)
+	if !ok {
+		return ReplicaID{}, false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 4 || parts[1] != "status" {
+		return ReplicaID{}, false
+	}
+	id, err := replicaFromParts(key, parts[0], parts[2], parts[3])
+	return id, err == nil
+}
+
 func replicaFromParts(key, tenant, job, replica string) (ReplicaID, error) {
 	if err := CheckTenantName(tenant); err != nil {
 		return ReplicaID{}, fmt.Errorf("key %q: %w", key, err)

@@ -79,3 +79,18 @@ func TestContainerIDRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStatusKey(t *testing.T) {
+	if id, ok := ParseStatusKey(StatusKey("acme", "x.y", 7)); !ok || id != (ReplicaID{Tenant: "acme", Job: "x.y", Replica: 7}) {
+		t.Errorf("status key: %v %v", id, ok)
+	}
+	for _, k := range []string{
+		JobKey("acme", "web"), UsageKey("acme", "n1"), PlacementKey("acme", "web"),
+		StatusPrefix("acme") + "web/07", StatusPrefix("acme") + "web/1000", StatusPrefix("acme") + "web/1/2",
+		StatusPrefix("Acme") + "web/1", "/other/acme/status/web/1",
+	} {
+		if _, ok := ParseStatusKey(k); ok {
+			t.Errorf("%s read as a status key", k)
+		}
+	}
+}

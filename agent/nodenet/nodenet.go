@@ -90,7 +90,7 @@ func New(o Options) (*Net, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	return &Net{o: o, log: o.Log.With("component", "nodenet"), view: newClusterView(),
+	return &Net{o: o, log: o.Log.With("component", "nodenet"), view: newClusterView(o.Log),
 		rt: netroute.NewProgrammer(nil, o.Log.With("component", "netroute")), tenantOf: map[netip.Addr]string{}}, nil
 }
 

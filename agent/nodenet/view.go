@@ -2,6 +2,7 @@ package nodenet
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,22 +13,22 @@ import (
 )
 
 // Prefixes the node network follows: the subnet leases (routes), the node
-// documents (the nodes' addresses) and the tenants' replica statuses
-// (every container's address and tenant, for the tenant rules).
+// documents (the nodes' addresses) and the tenants' jobs and replica
+// statuses (every container's address and tenant; the service names).
 var Prefixes = []string{subnet.LeasesPrefix, nodedoc.NodesPrefix, jobs.TenantsPrefix}
 
-// clusterView is the in-memory copy of the followed keys (etcdview.View).
+// clusterView is the in-memory copy of the followed keys (an
+// internal/etcdview.View); changed is signalled after each load or burst.
 type clusterView struct {
-	mu       sync.Mutex
-	leases   map[string]subnet.Lease
-	nodes    map[string][]netip.Addr
-	statuses map[string]jobs.ReplicaStatus // status key -> status
-	specs    map[string]jobs.Job           // job key -> job
-	changed  chan struct{}
+	mu      sync.Mutex
+	leases  map[string]subnet.Lease
+	nodes   map[string][]netip.Addr
+	catalog *jobs.Catalog
+	changed chan struct{}
 }
 
-func newClusterView() *clusterView {
-	v := &clusterView{changed: make(chan struct{}, 1)}
+func newClusterView(log *slog.Logger) *clusterView {
+	v := &clusterView{changed: make(chan struct{}, 1), catalog: jobs.NewCatalog(log)}
 	v.Reset()
 	return v
 }
@@ -35,7 +36,7 @@ func newClusterView() *clusterView {
 func (v *clusterView) Reset() {
 	v.mu.Lock()
 	v.leases, v.nodes = map[string]subnet.Lease{}, map[string][]netip.Addr{}
-	v.statuses, v.specs = map[string]jobs.ReplicaStatus{}, map[string]jobs.Job{}
+	v.catalog.Reset()
 	v.mu.Unlock()
 }
 
@@ -45,8 +46,10 @@ func (v *clusterView) Put(key string, value []byte) {
 	switch {
 	case strings.HasPrefix(key, subnet.LeasesPrefix):
 		var l subnet.Lease
-		if json.Unmarshal(value, &l) == nil && l.Subnet.IsValid() && l.Node != "" {
+		if json.Unmarshal(value, &l) == nil && l.Subnet.IsValid() && l.Node != "" && subnet.LeaseKey(l.Subnet) == key {
 			v.leases[key] = l
+		} else {
+			delete(v.leases, key)
 		}
 	case strings.HasPrefix(key, nodedoc.NodesPrefix):
 		name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, key)
@@ -61,19 +64,8 @@ func (v *clusterView) Put(key string, value []byte) {
 			}
 		}
 		v.nodes[name] = addrs
-	case strings.HasPrefix(key, jobs.TenantsPrefix) && strings.Contains(key, "/status/"):
-		var rs jobs.ReplicaStatus
-		if json.Unmarshal(value, &rs) == nil && rs.Tenant != "" {
-			v.statuses[key] = rs
-		}
 	case strings.HasPrefix(key, jobs.TenantsPrefix):
-		if _, ok := jobs.ParseJobKey(key); !ok {
-			return
-		}
-		var j jobs.Job
-		if json.Unmarshal(value, &j) == nil && j.Tenant != "" {
-			v.specs[key] = j
-		}
+		v.catalog.Put(key, value)
 	}
 }
 
@@ -81,11 +73,10 @@ func (v *clusterView) Delete(key string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.leases, key)
-	delete(v.statuses, key)
-	delete(v.specs, key)
 	if name, ok := nodedoc.NameFromKey(nodedoc.NodesPrefix, key); ok {
 		delete(v.nodes, name)
 	}
+	v.catalog.Delete(key)
 }
 
 func (v *clusterView) Synced() {
@@ -106,18 +97,12 @@ type snapshot struct {
 func (v *clusterView) snapshot() snapshot {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	s := snapshot{Nodes: make(map[string][]netip.Addr, len(v.nodes))}
+	s := snapshot{Nodes: make(map[string][]netip.Addr, len(v.nodes)), Statuses: v.catalog.Statuses(), Specs: v.catalog.Specs()}
 	for _, l := range v.leases {
 		s.Leases = append(s.Leases, l)
 	}
 	for n, a := range v.nodes {
 		s.Nodes[n] = a
-	}
-	for _, st := range v.statuses {
-		s.Statuses = append(s.Statuses, st)
-	}
-	for _, j := range v.specs {
-		s.Specs = append(s.Specs, j)
 	}
 	return s
 }

@@ -163,18 +163,3 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	go Watch(ctx, cli, update, s.log)
 	waitAnswer(t, s, "web.acme.berth.", 10*time.Second, "10.88.3.7")
 }
-
-func TestParseStatusKey(t *testing.T) {
-	if id, ok := parseStatusKey(jobs.StatusKey("acme", "x.y", 7)); !ok || id != (jobs.ReplicaID{Tenant: "acme", Job: "x.y", Replica: 7}) {
-		t.Errorf("status key: %v %v", id, ok)
-	}
-	for _, k := range []string{
-		jobs.JobKey("acme", "web"), jobs.UsageKey("acme", "n1"), jobs.PlacementKey("acme", "web"),
-		jobs.StatusPrefix("acme") + "web/07", jobs.StatusPrefix("acme") + "web/1000", jobs.StatusPrefix("acme") + "web/1/2",
-		jobs.StatusPrefix("Acme") + "web/1", "/other/acme/status/web/1",
-	} {
-		if _, ok := parseStatusKey(k); ok {
-			t.Errorf("%s read as a status key", k)
-		}
-	}
-}
