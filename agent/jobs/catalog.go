@@ -91,4 +91,3 @@ func (c *Catalog) Statuses() []ReplicaStatus {
 	}
 	return out
 }
-

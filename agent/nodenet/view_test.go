@@ -77,4 +77,3 @@ func waitView(t *testing.T, v *clusterView, ok func(snapshot) bool) {
 		}
 	}
 }
-
