@@ -1,0 +1,375 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/builder/qemu"
+)
+
+// Published host ports of the client job, and the container ports of
+// every netcheck serve.
+const (
+	pubTCP, pubUDP    = 18080, 18081
+	httpPort, udpPort = 8080, 8081
+)
+
+// listenInNetns makes a listener inside the cluster's network namespace
+// (a socket keeps the namespace it was made in), on the host side of the
+// cluster network: outside every container range.
+func listenInNetns(c *qemu.Cluster, network, addr string) (net.Listener, net.PacketConn, error) {
+	type result struct {
+		ln  net.Listener
+		pc  net.PacketConn
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread leaves the namespace by ending.
+		runtime.LockOSThread()
+		ns, err := os.Open(filepath.Join("/var/run/netns", c.Netns))
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			res <- result{err: fmt.Errorf("enter namespace %s: %w", c.Netns, err)}
+			return
+		}
+		if strings.HasPrefix(network, "udp") {
+			pc, err := net.ListenPacket(network, addr)
+			res <- result{pc: pc, err: err}
+			return
+		}
+		ln, err := net.Listen(network, addr)
+		res <- result{ln: ln, err: err}
+	}()
+	r := <-res
+	return r.ln, r.pc, r.err
+}
+
+// outsideServer is an HTTP server at the cluster bridge's address
+// (qemu.BridgeIPv4), answering like netcheck serve.
+type outsideServer struct {
+	url  string
+	mu   sync.Mutex
+	seen []string // remote addresses, in order
+}
+
+func startOutsideServer(t *testing.T, c *qemu.Cluster) *outsideServer {
+	t.Helper()
+	ln, _, err := listenInNetns(c, "tcp", net.JoinHostPort(qemu.BridgeIPv4, "0"))
+	if err != nil {
+		t.Fatalf("outside server: %v", err)
+	}
+	s := &outsideServer{url: "http://" + ln.Addr().String() + "/"}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.seen = append(s.seen, r.RemoteAddr)
+		s.mu.Unlock()
+		fmt.Fprintf(w, "host=outside client=%s\n", r.RemoteAddr)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return s
+}
+
+// check runs one assertion of the scenario, retrying it for up to
+// timeout (DNS records and routes may follow a container's start by a
+// moment), and reports it as an error without stopping the scenario, so
+// one run tells every assertion's outcome.
+func (e *clusterEnv) check(t *testing.T, what string, timeout time.Duration, f func() error) bool {
+	t.Helper()
+	start := time.Now()
+	if err := e.poll(timeout, f); err != nil {
+		t.Errorf("FAIL %s: %v", what, err)
+		return false
+	}
+	t.Logf("ok   %s (%.1f s)", what, time.Since(start).Seconds())
+	return true
+}
+
+// scenarioContainerNetwork: the cluster's container network (issue 16).
+// Tenant alpha runs web (3 replicas, one per node), client, and pub
+// (which publishes a TCP and a UDP port); tenant beta runs intruder. The client
+// reaches every web replica by name and address over TCP and UDP, and web
+// sees the client's own address; a container reaches a server outside
+// the container ranges as its node (masquerade); published ports answer
+// from outside with the caller's real address; beta reaches nothing of
+// alpha, not even its names; a web replica on a killed node comes back
+// elsewhere under the same name. The node is started again: three Ready
+// nodes, and no job left, at the end.
+func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
+	const a, b = "alpha", "beta"
+	e.addTenant(t, a)
+	e.addTenant(t, b)
+	start := time.Now()
+	e.submit(t, testJob{name: "web", tenant: a, args: []string{"serve"}, replicas: 3})
+	e.submit(t, testJob{name: "client", tenant: a, args: []string{"serve"}})
+	// The published ports have a job of their own: a replica that cannot
+	// start for them must not hide the other assertions.
+	e.submit(t, testJob{name: "pub", tenant: a, args: []string{"serve"},
+		ports: []jobs.Port{{Container: httpPort, Host: pubTCP, Protocol: "tcp"}, {Container: udpPort, Host: pubUDP, Protocol: "udp"}}})
+	e.submit(t, testJob{name: "intruder", tenant: b, args: []string{"serve"}})
+	web := e.waitReplicas(t, a, "web", 5*time.Minute, allRunning(3))
+	client := e.waitReplicas(t, a, "client", 5*time.Minute, allRunning(1))[0]
+	intruder := e.waitReplicas(t, b, "intruder", 5*time.Minute, allRunning(1))[0]
+	t.Logf("measured: web, client and intruder (5 containers) running %.1f s after submission", time.Since(start).Seconds())
+	t.Logf("berthctl --tenant %s ps:\n%s", a, e.ctl(t, "--tenant", a, "ps"))
+	t.Logf("web: %s\nclient: %s\nintruder: %s", replicaSummary(web), replicaSummary([]jobs.ReplicaStatus{client}), replicaSummary([]jobs.ReplicaStatus{intruder}))
+	webNodes := map[string]bool{}
+	for _, r := range web {
+		webNodes[r.Node] = true
+		if r.IPv4 == "" {
+			t.Fatalf("web replica %d has no address: %s", r.Replica, replicaSummary(web))
+		}
+	}
+	if len(webNodes) != 3 {
+		t.Fatalf("web's replicas are not spread over the 3 nodes: %s", replicaSummary(web))
+	}
+	clientNode, intruderNode := nodeIndex(t, client.Node), nodeIndex(t, intruder.Node)
+	inClient := func(args ...string) (string, error) {
+		return e.inContainer(e.ctx, clientNode, client.ContainerID, args...)
+	}
+	inIntruder := func(args ...string) (string, error) {
+		return e.inContainer(e.ctx, intruderNode, intruder.ContainerID, args...)
+	}
+	where := func(node string) string {
+		if node == client.Node {
+			return "same node"
+		}
+		return "other node " + node
+	}
+	webIPs := func(list []jobs.ReplicaStatus) []string {
+		var ips []string
+		for _, r := range list {
+			ips = append(ips, r.IPv4)
+		}
+		slices.Sort(ips)
+		return ips
+	}
+	// resolves checks that name resolves in the client to exactly want.
+	resolves := func(run func(...string) (string, error), name string, want []string) func() error {
+		return func() error {
+			out, err := run("resolve", name)
+			if err != nil {
+				return err
+			}
+			var got []string
+			for _, a := range strings.Fields(out) {
+				if !strings.Contains(a, ":") { // the IPv4 records
+					got = append(got, a)
+				}
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("%s resolves to %v, want %v", name, got, want)
+			}
+			return nil
+		}
+	}
+	// answers checks a netcheck reply: from host, seeing the caller at ip.
+	answers := func(out string, err error, host, ip string) error {
+		if err != nil {
+			return err
+		}
+		kv := keyValues(out)
+		if kv["host"] != host || hostOf(kv["client"]) != ip {
+			return fmt.Errorf("answer %q: want host=%s seeing client %s", strings.TrimSpace(out), host, ip)
+		}
+		return nil
+	}
+
+	// 1. Inside tenant alpha: names, TCP and UDP, every node, no NAT.
+	e.check(t, "client resolves web.alpha.berth to the 3 replicas", 30*time.Second, resolves(inClient, "web.alpha.berth", webIPs(web)))
+	for _, r := range web {
+		host, name := fmt.Sprintf("web-%d", r.Replica), fmt.Sprintf("r%d.web.alpha.berth", r.Replica)
+		e.check(t, fmt.Sprintf("client resolves %s to %s (%s)", name, r.IPv4, where(r.Node)), 20*time.Second, resolves(inClient, name, []string{r.IPv4}))
+		e.check(t, fmt.Sprintf("client -> web-%d by address over TCP, seen as itself (%s)", r.Replica, where(r.Node)), 20*time.Second, func() error {
+			out, err := inClient("get", fmt.Sprintf("http://%s:%d/", r.IPv4, httpPort))
+			return answers(out, err, host, client.IPv4)
+		})
+		e.check(t, fmt.Sprintf("client -> %s:%d over TCP, seen as itself (%s)", name, httpPort, where(r.Node)), 20*time.Second, func() error {
+			out, err := inClient("get", fmt.Sprintf("http://%s:%d/", name, httpPort))
+			return answers(out, err, host, client.IPv4)
+		})
+		e.check(t, fmt.Sprintf("client -> %s:%d over UDP, seen as itself (%s)", name, udpPort, where(r.Node)), 20*time.Second, func() error {
+			out, err := inClient("udp", fmt.Sprintf("%s:%d", name, udpPort), "ping")
+			return answers(out, err, host, client.IPv4)
+		})
+	}
+
+	// 2. Out of the cluster: the server sees the node's address.
+	outside := startOutsideServer(t, e.c)
+	clientNodeIP := e.c.Nodes[clientNode-1].IPv4
+	e.check(t, "client -> a server outside the container ranges, seen as its node "+clientNodeIP, 20*time.Second, func() error {
+		out, err := inClient("get", outside.url)
+		return answers(out, err, "outside", clientNodeIP)
+	})
+
+	// 3. Published ports, from outside: the container sees the caller.
+	var pub jobs.ReplicaStatus
+	if e.check(t, fmt.Sprintf("pub publishing TCP %d and UDP %d runs", pubTCP, pubUDP), 0, func() error {
+		list, err := e.replicas(a, "pub")
+		if err == nil {
+			if err = allRunning(1)(list); err == nil {
+				pub = list[0]
+			}
+		}
+		return err
+	}) {
+		pubIP := e.c.Nodes[nodeIndex(t, pub.Node)-1].IPv4
+		httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: e.c.DialContext}}
+		e.check(t, fmt.Sprintf("published TCP %s:%d answers and sees the caller %s", pubIP, pubTCP, qemu.BridgeIPv4), 20*time.Second, func() error {
+			resp, err := httpc.Get(fmt.Sprintf("http://%s:%d/", pubIP, pubTCP))
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			return answers(string(body), err, "pub-0", qemu.BridgeIPv4)
+		})
+		e.check(t, fmt.Sprintf("published UDP %s:%d answers and sees the caller %s", pubIP, pubUDP, qemu.BridgeIPv4), 20*time.Second, func() error {
+			out, err := e.udpFromOutside(fmt.Sprintf("%s:%d", pubIP, pubUDP))
+			return answers(out, err, "pub-0", qemu.BridgeIPv4)
+		})
+	}
+
+	// 4. Tenants apart: beta has a working network (the controls) and
+	// reaches nothing of alpha's, on its node or another.
+	e.check(t, "control: intruder (beta) reaches the outside server", 20*time.Second, func() error {
+		_, err := inIntruder("connect", strings.TrimSuffix(strings.TrimPrefix(outside.url, "http://"), "/"))
+		return err
+	})
+	e.check(t, "control: intruder resolves its own intruder.beta.berth", 20*time.Second, resolves(inIntruder, "intruder.beta.berth", []string{intruder.IPv4}))
+	for _, r := range web {
+		place := "other node " + r.Node
+		if r.Node == intruder.Node {
+			place = "same node"
+		}
+		e.check(t, fmt.Sprintf("intruder cannot connect to web-%d %s:%d (%s)", r.Replica, r.IPv4, httpPort, place), 0, func() error {
+			if out, err := inIntruder("connect", fmt.Sprintf("%s:%d", r.IPv4, httpPort)); err == nil {
+				return fmt.Errorf("beta reached alpha's web-%d: %s", r.Replica, strings.TrimSpace(out))
+			}
+			return nil
+		})
+	}
+	e.check(t, "intruder cannot resolve web.alpha.berth", 0, func() error {
+		if out, err := inIntruder("resolve", "web.alpha.berth"); err == nil {
+			return fmt.Errorf("beta resolved alpha's web.alpha.berth: %s", strings.Join(strings.Fields(out), " "))
+		}
+		return nil
+	})
+
+	// 5. A node dies: its web replica runs elsewhere and its name follows.
+	e.webFailover(t, web, client, inClient, resolves)
+}
+
+// udpFromOutside sends to addr from the cluster's namespace and returns
+// the first reply (three tries: UDP may drop one).
+func (e *clusterEnv) udpFromOutside(addr string) (string, error) {
+	conn, err := e.c.DialContext(e.ctx, "udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	for range 3 {
+		if _, err := conn.Write([]byte("ping")); err != nil {
+			return "", err
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		if n, err := conn.Read(buf); err == nil {
+			return string(buf[:n]), nil
+		}
+	}
+	return "", fmt.Errorf("no UDP reply from %s", addr)
+}
+
+// webFailover kills a node holding a web replica (not the client's, so
+// the client keeps asking), measures until the replica runs elsewhere
+// and until its names answer with the new address, and starts the node
+// again.
+func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client jobs.ReplicaStatus,
+	inClient func(...string) (string, error), resolves func(func(...string) (string, error), string, []string) func() error) {
+	var victim *jobs.ReplicaStatus
+	for i := range web {
+		if web[i].Node != client.Node && (victim == nil || web[i].Node > victim.Node) {
+			victim = &web[i]
+		}
+	}
+	node := nodeIndex(t, victim.Node)
+	t.Cleanup(func() {
+		// Also when the scenario stopped half way: three Ready nodes.
+		if e.c.Running(node) == 0 {
+			if err := e.c.Start(node); err != nil {
+				t.Errorf("start node-%d again: %v", node, err)
+				return
+			}
+		}
+		if _, err := e.c.WaitNodes(e.ctx, e.berthctl, e.c.AllReady); err != nil {
+			t.Errorf("3 Ready nodes after the web failover: %v", err)
+		}
+	})
+	if err := e.c.Kill(node); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	moved := e.waitReplicas(t, "alpha", "web", 5*time.Minute, func(list []jobs.ReplicaStatus) error {
+		if err := allRunning(3)(list); err != nil {
+			return err
+		}
+		for _, r := range list {
+			if r.Replica == victim.Replica && (r.Node == victim.Node || r.ContainerID == victim.ContainerID || r.IPv4 == "") {
+				return fmt.Errorf("web-%d still on %s", r.Replica, r.Node)
+			}
+		}
+		return nil
+	})
+	var now jobs.ReplicaStatus
+	var ips []string
+	for _, r := range moved {
+		if r.Replica == victim.Replica {
+			now = r
+		}
+		ips = append(ips, r.IPv4)
+	}
+	slices.Sort(ips)
+	t.Logf("measured: node-%d killed: web-%d running on %s (%s, was %s) %.1f s later", node, victim.Replica, now.Node, now.IPv4, victim.IPv4, time.Since(killed).Seconds())
+	name := fmt.Sprintf("r%d.web.alpha.berth", victim.Replica)
+	if e.check(t, fmt.Sprintf("after the failover %s resolves to the new %s", name, now.IPv4), 2*time.Minute, resolves(inClient, name, []string{now.IPv4})) {
+		t.Logf("measured: node-%d killed: %s answers the new address %.1f s later", node, name, time.Since(killed).Seconds())
+	}
+	e.check(t, "after the failover web.alpha.berth resolves to the 3 running replicas", time.Minute, resolves(inClient, "web.alpha.berth", ips))
+	e.check(t, fmt.Sprintf("after the failover client -> %s:%d reaches web-%d", name, httpPort, victim.Replica), time.Minute, func() error {
+		out, err := inClient("get", fmt.Sprintf("http://%s:%d/", name, httpPort))
+		if err != nil {
+			return err
+		}
+		if h := keyValues(out)["host"]; h != fmt.Sprintf("web-%d", victim.Replica) {
+			return fmt.Errorf("answer %q", strings.TrimSpace(out))
+		}
+		return nil
+	})
+	if err := e.c.Start(node); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	if _, err := e.c.WaitNodes(e.ctx, e.berthctl, e.c.AllReady); err != nil {
+		t.Fatalf("node-%d Ready again: %v", node, err)
+	}
+	t.Logf("measured: node-%d Ready again %.1f s after its qemu started", node, time.Since(started).Seconds())
+}

@@ -1,0 +1,259 @@
+// netcheck is the program in the end-to-end tests' container image: a
+// static binary (CGO_ENABLED=0) whose subcommands are the checks the
+// cluster scenarios run inside containers. Every answer is one line of
+// key=value words, so the tests parse it without guessing.
+//
+//	netcheck serve [-http :8080] [-udp :8081]   HTTP and UDP echo; both answer "host=H client=IP:PORT"
+//	netcheck get [-n N] URL                     prints the body; exit 1 on failure
+//	netcheck udp ADDR MSG                       prints the reply; exit 1 without one
+//	netcheck connect ADDR                       exit 0 when a TCP connect succeeds in time, 1 otherwise
+//	netcheck resolve NAME                       prints the addresses, one a line; exit 1 on failure
+//	netcheck hog                                allocates (and touches) memory until killed
+//	netcheck forkbomb [PROG ARGS...]            starts children until that fails, prints how many
+//	netcheck sleep                              does nothing until killed
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// timeout bounds every client operation: an unreachable address is an
+// answer ("no"), not a hang.
+const timeout = 3 * time.Second
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	args := os.Args[2:]
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(args)
+	case "get":
+		err = get(args)
+	case "udp":
+		err = udp(args)
+	case "connect":
+		err = connect(args)
+	case "resolve":
+		err = resolve(args)
+	case "hog":
+		err = hog()
+	case "forkbomb":
+		err = forkbomb(args)
+	case "sleep":
+		waitForSignal()
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "netcheck %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: netcheck serve|get URL|udp ADDR MSG|connect ADDR|resolve NAME|hog|forkbomb|sleep")
+	os.Exit(2)
+}
+
+// waitForSignal returns never: as pid 1 of a container, netcheck gets no
+// default signal handling, so SIGTERM must end it explicitly.
+func waitForSignal() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
+	os.Exit(0)
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	httpAddr := fs.String("http", ":8080", "HTTP listen address")
+	udpAddr := fs.String("udp", ":8081", "UDP echo listen address (empty: none)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	if *udpAddr != "" {
+		pc, err := net.ListenPacket("udp", *udpAddr)
+		if err != nil {
+			return err
+		}
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				reply := fmt.Sprintf("host=%s client=%s msg=%s\n", hostname(), from, buf[:n])
+				pc.WriteTo([]byte(reply), from)
+			}
+		}()
+	}
+	go waitForSignal()
+	fmt.Printf("serving http on %s, udp on %s as %s\n", ln.Addr(), *udpAddr, hostname())
+	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "host=%s client=%s\n", hostname(), r.RemoteAddr)
+	}))
+}
+
+// get fetches URL (-n N: N times, as load for a server; the last body is
+// printed).
+func get(args []string) error {
+	fs := flag.NewFlagSet("get", flag.ContinueOnError)
+	count := fs.Int("n", 1, "requests to make")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("want URL")
+	}
+	c := &http.Client{Timeout: timeout}
+	var body []byte
+	for i := 0; i < *count; i++ {
+		resp, err := c.Get(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+		}
+	}
+	os.Stdout.Write(body)
+	return nil
+}
+
+// udp sends MSG up to three times (UDP may drop one) and prints the
+// first reply.
+func udp(args []string) error {
+	if len(args) != 2 {
+		return errors.New("want ADDR MSG")
+	}
+	conn, err := net.DialTimeout("udp", args[0], timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	for try := 0; try < 3; try++ {
+		if _, err := conn.Write([]byte(args[1])); err != nil {
+			return err
+		}
+		conn.SetReadDeadline(time.Now().Add(timeout / 3))
+		n, err := conn.Read(buf)
+		if err == nil {
+			os.Stdout.Write(buf[:n])
+			return nil
+		}
+	}
+	return fmt.Errorf("no reply from %s within %s", args[0], timeout)
+}
+
+func connect(args []string) error {
+	if len(args) != 1 {
+		return errors.New("want ADDR")
+	}
+	conn, err := net.DialTimeout("tcp", args[0], timeout)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("connected local=%s remote=%s\n", conn.LocalAddr(), conn.RemoteAddr())
+	return conn.Close()
+}
+
+func resolve(args []string) error {
+	if len(args) != 1 {
+		return errors.New("want NAME")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	sort.Strings(addrs)
+	for _, a := range addrs {
+		fmt.Println(a)
+	}
+	return nil
+}
+
+// hog keeps every chunk referenced and writes each page, so the memory is
+// really in use (not just reserved) and the cgroup's limit is reached.
+func hog() error {
+	const chunk = 8 << 20
+	var kept [][]byte
+	for {
+		b := make([]byte, chunk)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		kept = append(kept, b)
+		fmt.Printf("allocated=%d\n", len(kept)*chunk)
+	}
+}
+
+// forkbomb starts children (by default "/bin/sleep 3600": single-threaded,
+// so each is one task of the pids limit) until the kernel refuses, prints
+// "forked=N err=..." and the cgroup's pids figures when it can read them,
+// then exits 0 (its children die with it, as it is the pid namespace's
+// init). A Go child would not do: it needs several threads, and when one
+// cannot be made it crashes, freeing its slot, so the loop would not end.
+func forkbomb(args []string) error {
+	prog := []string{"/bin/sleep", "3600"}
+	if len(args) > 0 {
+		prog = args
+	}
+	attr := &syscall.ProcAttr{Env: os.Environ()}
+	n := 0
+	var ferr error
+	for n < 100000 {
+		if _, err := syscall.ForkExec(prog[0], prog, attr); err != nil {
+			ferr = err
+			break
+		}
+		n++
+	}
+	cur, _ := os.ReadFile("/sys/fs/cgroup/pids.current")
+	max, _ := os.ReadFile("/sys/fs/cgroup/pids.max")
+	fmt.Printf("forked=%d err=%q pids.current=%s pids.max=%s\n", n, fmt.Sprint(ferr),
+		orDash(strings.TrimSpace(string(cur))), orDash(strings.TrimSpace(string(max))))
+	if ferr == nil {
+		return errors.New("no limit reached")
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
