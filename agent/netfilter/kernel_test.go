@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"sort"
 	"strings"
 	"testing"
@@ -16,96 +15,46 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/internal/netnstest"
 )
 
-// lab is a set of network namespaces made by the test: "node1" (where the
-// test thread lives), "node2", "outside" and one per container. The thread
-// is locked and never unlocked, so the runtime discards it after the test;
-// the host's namespace is never entered.
+// lab is a set of network namespaces made by the test (see netnstest):
+// "node1" (the lab's home, where the test thread lives), "node2",
+// "outside" and one per container, all without IPv6 DAD.
 type lab struct {
-	t    *testing.T
-	home netns.NsHandle // node1
-	ns   map[string]netns.NsHandle
+	t   *testing.T
+	lab *netnstest.Lab
+	ns  map[string]netns.NsHandle
 }
 
 func newLab(t *testing.T) *lab {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and nftables")
-	}
-	runtime.LockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
-	home, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &lab{t: t, home: home, ns: map[string]netns.NsHandle{"node1": home}}
-	t.Cleanup(func() {
-		for _, h := range l.ns {
-			h.Close()
-		}
-	})
-	l.loUp()
-	return l
+	nl := netnstest.New(t, netnstest.NoDAD())
+	return &lab{t: t, lab: nl, ns: map[string]netns.NsHandle{"node1": nl.Home}}
 }
 
-func (l *lab) loUp() {
-	// No duplicate address detection: addresses (link-local ones too) are
-	// usable at once instead of after a second or two.
-	for _, f := range []string{"all", "default"} {
-		l.must(os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/accept_dad", []byte("0"), 0o644), "accept_dad")
-	}
-	lo, err := netlink.LinkByName("lo")
-	if err == nil {
-		err = netlink.LinkSetUp(lo)
-	}
-	if err != nil {
-		l.t.Fatal(err)
-	}
-}
-
-// sub prepares a subtest: t.Run starts a new goroutine, which must be
-// locked to a thread that is in node1 before anything switches namespaces.
-// The thread is never unlocked, so it dies with the subtest.
+// sub is the lab for subtest t, run on a thread of its own (see
+// netnstest.Lab.Sub).
 func (l *lab) sub(t *testing.T) *lab {
-	runtime.LockOSThread()
-	if err := netns.Set(l.home); err != nil {
-		t.Fatalf("enter node1: %v", err)
-	}
-	return &lab{t: t, home: l.home, ns: l.ns}
+	return &lab{t: t, lab: l.lab.Sub(t), ns: l.ns}
 }
 
 // add makes a namespace and returns to node1.
 func (l *lab) add(name string) {
-	h, err := netns.New()
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.ns[name] = h
-	l.loUp()
-	if err := netns.Set(l.home); err != nil {
-		panic("cannot return to node1: " + err.Error())
-	}
+	l.ns[name] = l.lab.NewNS()
 }
 
 // in runs fn with the thread in namespace name, then returns to node1.
 func (l *lab) in(name string, fn func()) {
+	l.lab.In(l.handle(name), fn)
+}
+
+func (l *lab) handle(name string) netns.NsHandle {
 	h, ok := l.ns[name]
 	if !ok {
 		l.t.Fatalf("no namespace %s", name)
 	}
-	if err := netns.Set(h); err != nil {
-		l.t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(l.home); err != nil {
-			panic("cannot return to node1: " + err.Error())
-		}
-	}()
-	fn()
+	return h
 }
 
 func (l *lab) must(err error, what string) {
@@ -196,41 +145,12 @@ func (l *lab) container(node, name string, addrs []string, gws []string) {
 
 // serveTCP answers every connection with the client's address as the server sees it.
 func (l *lab) serveTCP(ns string, port int) {
-	var ln net.Listener
-	var err error
-	l.in(ns, func() { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) })
-	l.must(err, "listen in "+ns)
-	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-			c.Write([]byte(ap.Addr().Unmap().String()))
-			c.Close()
-		}
-	}()
+	l.lab.ServeTCP(l.handle(ns), fmt.Sprintf(":%d", port), netnstest.TellPeer)
 }
 
+// serveUDP answers every datagram with the client's address as the server sees it.
 func (l *lab) serveUDP(ns string, port int) {
-	var pc net.PacketConn
-	var err error
-	l.in(ns, func() { pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port)) })
-	l.must(err, "listen udp in "+ns)
-	l.t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			ap := from.(*net.UDPAddr).AddrPort()
-			pc.WriteTo([]byte(ap.Addr().Unmap().String()), from)
-		}
-	}()
+	l.lab.ServeUDP(l.handle(ns), fmt.Sprintf(":%d", port))
 }
 
 // dial connects from ns and returns the source address the server saw.
@@ -239,25 +159,7 @@ func (l *lab) dial(ns, proto, addr string) (string, error) {
 }
 
 func (l *lab) dialTimeout(ns, proto, addr string, timeout time.Duration) (string, error) {
-	var c net.Conn
-	var err error
-	l.in(ns, func() { c, err = net.DialTimeout(proto, addr, timeout) })
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	if proto == "udp" {
-		if _, err := c.Write([]byte("hi")); err != nil {
-			return "", err
-		}
-	}
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if n > 0 {
-		err = nil
-	}
-	return string(buf[:n]), err
+	return l.lab.Ask(l.handle(ns), proto, addr, timeout)
 }
 
 func (l *lab) expectSeen(from, proto, addr, want string) {

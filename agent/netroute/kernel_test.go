@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-os/berth/agent/netsetup"
+	"github.com/berth-os/berth/internal/netnstest"
 )
 
 // world is a small cluster in network namespaces: the test thread sits in
@@ -26,9 +26,9 @@ import (
 // container. The switch has no route to any container range, so a
 // container packet crosses it only encapsulated or on the shared L2.
 type world struct {
-	t       testing.TB
-	sandbox netns.NsHandle
-	nodes   []*node
+	t     testing.TB
+	lab   *netnstest.Lab // home: the switch
+	nodes []*node
 }
 
 type node struct {
@@ -46,19 +46,7 @@ type node struct {
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	// Never unlocked: the runtime destroys the thread with the test, so
-	// the host namespace is never touched.
-	runtime.LockOSThread()
-	sb, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sb.Close() })
-	w := &world{t: t, sandbox: sb}
-	must(t, setUp("lo"))
+	w := &world{t: t, lab: netnstest.New(t)}
 	for _, f := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
 		must(t, os.WriteFile("/proc/sys/"+f, []byte("1"), 0o644))
 	}
@@ -81,24 +69,10 @@ func must(t testing.TB, err error) {
 	}
 }
 
-func setUp(name string) error {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
-}
-
-// in runs fn with the test thread in ns, then back in the sandbox.
-func (w *world) in(ns netns.NsHandle, fn func()) {
-	w.t.Helper()
-	must(w.t, netns.Set(ns))
-	defer func() {
-		if err := netns.Set(w.sandbox); err != nil {
-			panic("cannot return to the sandbox namespace: " + err.Error())
-		}
-	}()
-	fn()
+// sub is the world for subtest t, run on a thread of its own (see
+// netnstest.Lab.Sub).
+func (w *world) sub(t *testing.T) *world {
+	return &world{t: t, lab: w.lab.Sub(t), nodes: w.nodes}
 }
 
 // addNode makes node i (1-based: subnets 10.88.i.0/24, fd5a:0:0:i::/64)
@@ -111,12 +85,7 @@ func (w *world) addNode(i int, br, ul4, ul6 string) *node {
 	if ul6 != "" {
 		n.ul6 = pfx(ul6)
 	}
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	must(t, netns.Set(w.sandbox))
-	t.Cleanup(func() { ns.Close() })
+	ns := w.lab.NewNS()
 	n.ns = ns
 	must(t, netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "u-" + n.name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}))
 	sw, _ := netlink.LinkByName("u-" + n.name)
@@ -124,6 +93,7 @@ func (w *world) addNode(i int, br, ul4, ul6 string) *node {
 	must(t, netlink.LinkSetMaster(sw, bridge))
 	must(t, netlink.LinkSetUp(sw))
 
+	var err error
 	if n.h, err = netlink.NewHandleAt(ns); err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +101,6 @@ func (w *world) addNode(i int, br, ul4, ul6 string) *node {
 	n.prog = NewProgrammer(n.h, nil)
 	eth0, err := n.h.LinkByName("eth0")
 	must(t, err)
-	lo, _ := n.h.LinkByName("lo")
-	must(t, n.h.LinkSetUp(lo))
 	must(t, n.h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(n.ul4)}))
 	if n.ul6.IsValid() {
 		must(t, n.h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(n.ul6), Flags: unix.IFA_F_NODAD}))
@@ -143,7 +111,7 @@ func (w *world) addNode(i int, br, ul4, ul6 string) *node {
 	must(t, n.h.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw[:])}))
 
 	dir := t.TempDir()
-	w.in(ns, func() {
+	w.lab.In(ns, func() {
 		n.net, err = netsetup.Open(netsetup.Config{Bridge: "berth0", Subnet4: n.sub4, Subnet6: n.sub6,
 			StateDir: filepath.Join(dir, "state"), NetNSDir: filepath.Join(dir, "netns")})
 	})
@@ -230,35 +198,12 @@ const port = 7000
 
 // serve answers each connection with the address it came from.
 func (w *world) serve(ns netns.NsHandle, a netip.Addr) {
-	var ln net.Listener
-	var err error
-	w.in(ns, func() { ln, err = net.Listen("tcp", netip.AddrPortFrom(a, port).String()) })
-	must(w.t, err)
-	w.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String())
-			c.Close()
-		}
-	}()
+	w.lab.ServeTCP(ns, netip.AddrPortFrom(a, port).String(), netnstest.TellPeer)
 }
 
 // ask connects from ns to a's server and returns the source address it saw.
 func (w *world) ask(ns netns.NsHandle, a netip.Addr, timeout time.Duration) (string, error) {
-	var c net.Conn
-	var err error
-	w.in(ns, func() { c, err = net.DialTimeout("tcp", netip.AddrPortFrom(a, port).String(), timeout) })
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	b, err := io.ReadAll(c)
-	return string(b), err
+	return w.lab.Ask(ns, "tcp", netip.AddrPortFrom(a, port).String(), timeout)
 }
 
 // mustReach checks from's container reaches to's, both families, and is
@@ -363,6 +308,7 @@ func TestKernelAutoMode(t *testing.T) {
 	}
 
 	t.Run("repairs half state", func(t *testing.T) {
+		w := w.sub(t)
 		vx, err := a.h.LinkByName("berth.vx")
 		must(t, err)
 		ns, _ := a.h.NeighList(vx.Attrs().Index, netlink.FAMILY_V4)
@@ -387,6 +333,7 @@ func TestKernelAutoMode(t *testing.T) {
 	})
 
 	t.Run("foreign route is left alone and named", func(t *testing.T) {
+		w := w.sub(t)
 		other := pfx("10.88.9.0/24")
 		eth0, _ := a.h.LinkByName("eth0")
 		foreign := &netlink.Route{Dst: ipNet(other), Gw: net.ParseIP("192.168.71.254"), LinkIndex: eth0.Attrs().Index, Protocol: unix.RTPROT_STATIC}
@@ -408,6 +355,7 @@ func TestKernelAutoMode(t *testing.T) {
 	})
 
 	t.Run("moved container's /32 overrides its subnet", func(t *testing.T) {
+		w := w.sub(t)
 		// Pretend b's container moved to c: n1 sends its /32 over VXLAN
 		// to n3 (which, not having it, relays it to n2 by its /24), while
 		// the rest of n2's subnet still goes direct.
@@ -438,6 +386,7 @@ func TestKernelAutoMode(t *testing.T) {
 	})
 
 	t.Run("peer loses its ipv6 underlay: ipv6 goes over vxlan", func(t *testing.T) {
+		w := w.sub(t)
 		// The kernel refuses IPv6 routes via an IPv4 nexthop, so a peer
 		// sharing only IPv4 gets its IPv6 subnet over VXLAN.
 		w.nodes[1].ul6 = netip.Prefix{}
@@ -459,6 +408,7 @@ func TestKernelAutoMode(t *testing.T) {
 	})
 
 	t.Run("removing an entry removes its route, neighbor and FDB entry", func(t *testing.T) {
+		w := w.sub(t)
 		var es []Entry
 		for _, e := range w.entries() {
 			if e.Node != "n3" {
@@ -575,30 +525,14 @@ func BenchmarkThroughput(b *testing.B) {
 
 // sink accepts connections in ns and discards what they send.
 func (w *world) sink(ns netns.NsHandle, a netip.Addr) netip.AddrPort {
-	var ln net.Listener
-	var err error
-	w.in(ns, func() { ln, err = net.Listen("tcp", netip.AddrPortFrom(a, 0).String()) })
-	must(w.t, err)
-	w.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return w.lab.ServeTCP(ns, netip.AddrPortFrom(a, 0).String(), func(c net.Conn) { io.Copy(io.Discard, c) })
 }
 
 // send connects from ns to dst and writes n bytes, timing connect to close.
 func (w *world) send(ns netns.NsHandle, dst netip.AddrPort, n int64) time.Duration {
 	buf := make([]byte, 256<<10)
 	start := time.Now()
-	var c net.Conn
-	var err error
-	w.in(ns, func() { c, err = net.Dial("tcp", dst.String()) })
+	c, err := w.lab.Dial(ns, "tcp", dst.String(), 3*time.Second)
 	must(w.t, err)
 	defer c.Close()
 	for left := n; left > 0; left -= int64(len(buf)) {

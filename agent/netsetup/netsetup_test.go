@@ -15,41 +15,21 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-os/berth/internal/netnstest"
 )
 
-// sandbox moves the test goroutine into a fresh network namespace for the rest
-// of the test (cleanups included). The thread is never unlocked, so the Go
-// runtime destroys it when the test ends and the host network is never touched.
+// sandbox is a lab (see netnstest) whose home namespace holds the Network
+// under test, and the directory its container namespaces are mounted in.
 type sandbox struct {
 	t      *testing.T
-	host   netns.NsHandle
-	own    netns.NsHandle
+	lab    *netnstest.Lab
 	netDir string
 }
 
 func newSandbox(t *testing.T) *sandbox {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	runtime.LockOSThread()
-	host, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	own, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { own.Close(); host.Close() })
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	s := &sandbox{t: t, host: host, own: own, netDir: filepath.Join(t.TempDir(), "netns")}
+	s := &sandbox{t: t, lab: netnstest.New(t), netDir: filepath.Join(t.TempDir(), "netns")}
 	// Open turns the netns dir into a mount point; undo that before TempDir cleanup.
 	t.Cleanup(func() { unix.Unmount(s.netDir, unix.MNT_DETACH) })
 	return s
@@ -75,23 +55,25 @@ func (s *sandbox) open(cfg Config) *Network {
 	return n
 }
 
-// in runs fn with the test thread inside the netns at path, then returns to the sandbox.
-func (s *sandbox) in(path string, fn func()) {
+// at opens the netns at path (the sandbox when path is "") for as long as fn runs.
+func (s *sandbox) at(path string, fn func(ns netns.NsHandle)) {
 	s.t.Helper()
+	if path == "" {
+		fn(s.lab.Home)
+		return
+	}
 	h, err := netns.GetFromPath(path)
 	if err != nil {
 		s.t.Fatalf("open netns %s: %v", path, err)
 	}
 	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		s.t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(s.own); err != nil {
-			panic("cannot return to sandbox netns: " + err.Error())
-		}
-	}()
-	fn()
+	fn(h)
+}
+
+// in runs fn with the test thread inside the netns at path, then returns to the sandbox.
+func (s *sandbox) in(path string, fn func()) {
+	s.t.Helper()
+	s.at(path, func(ns netns.NsHandle) { s.lab.In(ns, fn) })
 }
 
 // hostSysctl reads a sysctl in the host namespace from a separate locked thread.
@@ -99,7 +81,7 @@ func (s *sandbox) hostSysctl(name string) string {
 	out := make(chan string, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(s.host); err != nil {
+		if err := netns.Set(s.lab.Host); err != nil {
 			out <- "error: " + err.Error()
 			return
 		}
@@ -123,33 +105,15 @@ func mustAttach(t *testing.T, n *Network, id string) Attachment {
 }
 
 // listen opens a TCP greeting server inside the netns at path (or the sandbox when path is "").
-func (s *sandbox) listen(path string, ip netip.Addr) net.Listener {
+func (s *sandbox) listen(path string, ip netip.Addr) netip.AddrPort {
 	s.t.Helper()
-	var (
-		ln  net.Listener
-		err error
-	)
-	do := func() { ln, err = net.Listen("tcp", netip.AddrPortFrom(ip, 0).String()) }
-	if path == "" {
-		do()
-	} else {
-		s.in(path, do)
-	}
-	if err != nil {
-		s.t.Fatalf("listen on %s inside %q: %v", ip, path, err)
-	}
-	s.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+	var ap netip.AddrPort
+	s.at(path, func(ns netns.NsHandle) {
+		ap = s.lab.ServeTCP(ns, netip.AddrPortFrom(ip, 0).String(), func(c net.Conn) {
 			io.WriteString(c, "hello from "+ip.String())
-			c.Close()
-		}
-	}()
-	return ln
+		})
+	})
+	return ap
 }
 
 // dial connects from inside the netns at path (or the sandbox when path is "")
@@ -158,24 +122,9 @@ func (s *sandbox) dial(path string, addr string) (string, error) {
 	return s.dialTimeout(path, addr, 3*time.Second)
 }
 
-func (s *sandbox) dialTimeout(path string, addr string, timeout time.Duration) (string, error) {
-	var (
-		c   net.Conn
-		err error
-	)
-	do := func() { c, err = net.DialTimeout("tcp", addr, timeout) }
-	if path == "" {
-		do()
-	} else {
-		s.in(path, do)
-	}
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	b, err := io.ReadAll(c)
-	return string(b), err
+func (s *sandbox) dialTimeout(path string, addr string, timeout time.Duration) (got string, err error) {
+	s.at(path, func(ns netns.NsHandle) { got, err = s.lab.Ask(ns, "tcp", addr, timeout) })
+	return got, err
 }
 
 func TestAttachConnectsContainers(t *testing.T) {
@@ -211,18 +160,18 @@ func TestAttachConnectsContainers(t *testing.T) {
 
 	// IPv4 and IPv6, container to container across the bridge.
 	for _, ip := range []netip.Addr{b.IPv4, b.IPv6} {
-		ln := s.listen(b.NetNSPath, ip)
-		got, err := s.dial(a.NetNSPath, ln.Addr().String())
+		srv := s.listen(b.NetNSPath, ip)
+		got, err := s.dial(a.NetNSPath, srv.String())
 		if err != nil || got != "hello from "+ip.String() {
-			t.Fatalf("a -> b %s: got %q, %v", ln.Addr(), got, err)
+			t.Fatalf("a -> b %s: got %q, %v", srv, got, err)
 		}
 	}
 	// Container to the gateway (the node side of the bridge) uses the default route.
 	for _, gw := range []netip.Addr{n.Gateway4(), n.Gateway6()} {
-		ln := s.listen("", gw)
-		got, err := s.dial(a.NetNSPath, ln.Addr().String())
+		srv := s.listen("", gw)
+		got, err := s.dial(a.NetNSPath, srv.String())
 		if err != nil || got != "hello from "+gw.String() {
-			t.Fatalf("container -> gateway %s: got %q, %v", ln.Addr(), got, err)
+			t.Fatalf("container -> gateway %s: got %q, %v", srv, got, err)
 		}
 	}
 	// Sanity check of the probe itself: an unassigned address does not answer.
@@ -294,8 +243,8 @@ func TestAttachIsIdempotentAndSurvivesRestart(t *testing.T) {
 	if a2 != a1 || b2 != b1 {
 		t.Fatalf("addresses changed across restart: %+v %+v -> %+v %+v", a1, b1, a2, b2)
 	}
-	ln := s.listen(b2.NetNSPath, b2.IPv4)
-	if got, err := s.dial(a2.NetNSPath, ln.Addr().String()); err != nil || !strings.HasPrefix(got, "hello") {
+	srv := s.listen(b2.NetNSPath, b2.IPv4)
+	if got, err := s.dial(a2.NetNSPath, srv.String()); err != nil || !strings.HasPrefix(got, "hello") {
 		t.Fatalf("after restart: %q, %v", got, err)
 	}
 
@@ -311,7 +260,7 @@ func TestAttachIsIdempotentAndSurvivesRestart(t *testing.T) {
 	if a3 != a1 {
 		t.Fatalf("repair changed attachment: %+v -> %+v", a1, a3)
 	}
-	if got, err := s.dial(a3.NetNSPath, ln.Addr().String()); err != nil || !strings.HasPrefix(got, "hello") {
+	if got, err := s.dial(a3.NetNSPath, srv.String()); err != nil || !strings.HasPrefix(got, "hello") {
 		t.Fatalf("after repair: %q, %v", got, err)
 	}
 }
