@@ -247,7 +247,15 @@ func (e *clusterEnv) inContainer(ctx context.Context, node int, id string, args 
 	script := fmt.Sprintf(`pid=$(%s); [ -n "$pid" ] || { echo "no pid for %s" >&2; exit 125; }; exec nsenter -t "$pid" -m -u -n -p -r -w /bin/netcheck %s`,
 		containerPidScript(id), id, strings.Join(quoted, " "))
 	out, err := e.c.SSH(ctx, node, script)
-	return string(out), err
+	if err != nil {
+		// The ssh error repeats the script; netcheck's own line says it.
+		msg := err.Error()
+		if i := strings.LastIndex(msg, "netcheck "+args[0]+": "); i >= 0 {
+			msg = msg[i:]
+		}
+		return string(out), fmt.Errorf("in %s on node-%d: %s", id, node, msg)
+	}
+	return string(out), nil
 }
 
 // keyValues reads netcheck's "k=v k=v" answer.
