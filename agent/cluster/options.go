@@ -75,8 +75,14 @@ type Options struct {
 	// LeasesSubnets: this node will lease container subnets, which it
 	// says when it joins. SubnetRoom, on nodes that admit others, refuses
 	// such a join when no subnet is left (agent/subnet.CheckRoom).
-	LeasesSubnets bool
-	SubnetRoom    func(ctx context.Context, cli *clientv3.Client, node string) error
+	// RestartHold is how long a cleanly stopped agent's node document
+	// stays (not ready) so that its replicas are not moved while the
+	// agent restarts; 0 removes it at once. SystemStopping, when it says
+	// the machine is shutting down, also removes it at once.
+	RestartHold    time.Duration
+	SystemStopping func() bool
+	LeasesSubnets  bool
+	SubnetRoom     func(ctx context.Context, cli *clientv3.Client, node string) error
 }
 
 // OptionsFrom carries the cluster settings of cfg, which Validate has
@@ -94,6 +100,7 @@ func OptionsFrom(cfg config.Config) Options {
 		CompactionRetention: cfg.CompactionRetention.Duration,
 		DefragInterval:      cfg.DefragInterval.Duration,
 		NodeRefresh:         cfg.NodeRefresh.Duration,
+		RestartHold:         cfg.RestartHold.Duration,
 		Labels:              cfg.Labels,
 	}
 }

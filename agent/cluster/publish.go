@@ -46,5 +46,11 @@ func (a *Agent) newPublisher() *nodedoc.Publisher {
 	p.Interval = a.opts.NodeRefresh
 	p.Log = a.log
 	p.OnWrite = func(reason string) { nodeWritesTotal.WithLabelValues(reason).Inc() }
+	p.Linger = func() time.Duration {
+		if a.opts.SystemStopping != nil && a.opts.SystemStopping() {
+			return 0 // the node goes down: its replicas should move at once
+		}
+		return a.opts.RestartHold
+	}
 	return p
 }

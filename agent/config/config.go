@@ -64,6 +64,10 @@ type Config struct {
 	// figures (load, free memory, uptime) are rewritten when nothing else
 	// changed.
 	NodeRefresh Duration `yaml:"node_refresh"`
+	// RestartHold is how long a cleanly stopped agent's node document
+	// stays, not ready, so that an agent restart does not move the node's
+	// running replicas (not when the machine shuts down); 0s: off.
+	RestartHold Duration `yaml:"restart_hold"`
 
 	// Workloads (containers). Labels are matched by jobs' node selectors.
 	Labels          map[string]string `yaml:"labels"`
@@ -134,6 +138,7 @@ func (c *Config) setDefaults() {
 	dur(&c.CompactionRetention, 5*time.Minute)
 	dur(&c.DefragInterval, time.Hour)
 	dur(&c.NodeRefresh, nodedoc.DefaultRefresh)
+	dur(&c.RestartHold, time.Minute)
 	dur(&c.RescheduleGrace, 10*time.Second)
 	str(&c.StateDir, "/var/lib/berth")
 	str(&c.Bridge, "berth0")
@@ -183,6 +188,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.Var(&c.CompactionRetention, "compaction-retention", "etcd history kept by auto-compaction (periodic), e.g. 5m")
 	fs.Var(&c.DefragInterval, "defrag-interval", "defragment each etcd member at most this often (sooner when space runs low)")
 	fs.Var(&c.NodeRefresh, "node-refresh", "rewrite the node document's load, free memory and uptime this often when nothing else changed")
+	fs.Var(&c.RestartHold, "restart-hold", "keep a cleanly stopped agent's node (not ready) this long so an agent restart does not move its replicas; 0s: off")
 	fs.Var((*labelsValue)(&c.Labels), "labels", "node labels KEY=VALUE,... (matched by jobs' node_selector)")
 	f := fs.VarPF(boolFlag{&c.Containers}, "containers", "", "run containers and the scheduler on this node")
 	f.NoOptDefVal = "true"
@@ -480,6 +486,7 @@ func (c *Config) validateSpace() error {
 		{"compaction-retention", &c.CompactionRetention, time.Second, 24 * time.Hour},
 		{"defrag-interval", &c.DefragInterval, time.Second, 7 * 24 * time.Hour},
 		{"node-refresh", &c.NodeRefresh, time.Second, 24 * time.Hour},
+		{"restart-hold", &c.RestartHold, 0, time.Hour},
 	}
 	for _, d := range durations {
 		if err := d.d.parse(d.name, "5m"); err != nil {

@@ -37,6 +37,13 @@ type Publisher struct {
 	// OnWrite, when set, is called after each successful put with its
 	// reason (a WriteReason, "start" or "trigger"), for metrics.
 	OnWrite func(reason string)
+	// Linger, when set, is asked on a clean stop how long the document
+	// should outlive the agent: more than zero re-puts it, not ready,
+	// under a new lease of that many seconds instead of revoking it, so
+	// that an agent restart does not make the node look gone (the
+	// scheduler would move its running replicas); the next agent's first
+	// put takes it over. Zero revokes at once (the node is shutting down).
+	Linger func() time.Duration
 
 	trigger   chan struct{}
 	readyOnce sync.Once
@@ -115,7 +122,14 @@ func (p *Publisher) runLease(ctx context.Context, backoff *retry.Backoff) error 
 	}
 	leaseCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	defer p.revoke(lease)
+	defer func() {
+		if ctx.Err() != nil && p.Linger != nil {
+			if d := p.Linger(); d > 0 {
+				p.linger(d)
+			}
+		}
+		p.revoke(lease)
+	}()
 
 	last, err := p.put(ctx, lease, "start", p.document())
 	if err != nil {
@@ -211,6 +225,31 @@ func (p *Publisher) put(ctx context.Context, lease clientv3.LeaseID, reason stri
 		p.OnWrite(reason)
 	}
 	return doc, nil
+}
+
+// linger re-puts the document, not ready, under a new lease of d (whole
+// seconds, at least one); failures only mean it goes with the old lease.
+func (p *Publisher) linger(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ttl := max(int64((d+time.Second-1)/time.Second), 1)
+	g, err := p.cli.Grant(ctx, ttl)
+	if err != nil {
+		p.Log.Warn("node document not kept for the agent's restart", "node", p.name, "err", err)
+		return
+	}
+	doc := p.document()
+	doc.Ready = false
+	doc.Heartbeat = time.Now().UTC().Truncate(time.Second)
+	data, err := doc.Marshal()
+	if err == nil {
+		_, err = p.cli.Put(ctx, NodeKey(p.name), string(data), clientv3.WithLease(g.ID))
+	}
+	if err != nil {
+		p.Log.Warn("node document not kept for the agent's restart", "node", p.name, "err", err)
+		return
+	}
+	p.Log.Info("node document kept, not ready, while the agent restarts", "node", p.name, "for", time.Duration(ttl)*time.Second)
 }
 
 // revoke removes the document at once on a clean stop instead of leaving

@@ -125,6 +125,47 @@ func TestPublisherKeepAliveKeepsKeyThenCancelRemovesIt(t *testing.T) {
 	}
 }
 
+// TestPublisherLingers: a clean stop whose Linger says 3 s leaves the
+// document, not ready, under a new 3 s lease (an agent restart must not
+// make the node look gone); a new publisher takes the key over; without a
+// new one it expires with that lease.
+func TestPublisherLingers(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	newPub := func() *nodedoc.Publisher {
+		p := nodedoc.NewPublisher(cli, "node-1", fixedDoc(&role), 2*time.Second)
+		p.Log, p.Linger = quiet, func() time.Duration { return 3 * time.Second }
+		return p
+	}
+	stop := startPublisher(t, newPub())
+	_, first, _ := getKV(t, cli, nodedoc.NodeKey("node-1"))
+	stop()
+	v, lease, found := getKV(t, cli, nodedoc.NodeKey("node-1"))
+	if !found || lease == first {
+		t.Fatalf("after a lingering stop: found %v, lease %x (the running one was %x)", found, lease, first)
+	}
+	doc, err := nodedoc.ParseNode(v)
+	if err != nil || doc.Ready {
+		t.Fatalf("lingering document %+v, %v: want ready false", doc, err)
+	}
+	if ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(lease)); err != nil || ttl.GrantedTTL != 3 {
+		t.Fatalf("lingering lease %+v, %v: want a 3 s lease", ttl, err)
+	}
+	// The next agent takes the document over at once.
+	stop = startPublisher(t, newPub())
+	v, again, _ := getKV(t, cli, nodedoc.NodeKey("node-1"))
+	if doc, _ := nodedoc.ParseNode(v); again == lease || !doc.Ready {
+		t.Fatalf("the restarted publisher did not take the document over (lease %x, ready %v)", again, doc.Ready)
+	}
+	// Stopped for good: the lingering document expires with its lease.
+	stop()
+	if !waitFor(6*time.Second, func() bool { _, _, ok := getKV(t, cli, nodedoc.NodeKey("node-1")); return !ok }) {
+		t.Fatal("the lingering document outlived its 3 s lease")
+	}
+}
+
 func TestPublisherDocumentDiesWithItsClient(t *testing.T) {
 	// A crashed agent revokes nothing: the lease must expire on its own.
 	e := etcdtest.Start(t, etcdtest.Options{})

@@ -31,6 +31,7 @@ import (
 	"github.com/berth-os/berth/agent/nodeconfig"
 	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/internal/cli"
+	"github.com/berth-os/berth/internal/sdstate"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -100,6 +101,8 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	// A voter rebooting for a rollout is neither defragmented nor removed
 	// by self-healing.
 	opts.RebootSlotHolders = rollout.SlotHolders
+	// An agent restart keeps the node (restart_hold); a shutdown does not.
+	opts.SystemStopping = sdstate.Stopping
 	reg, err := openRegistry(cfg, log)
 	if err != nil {
 		return err
