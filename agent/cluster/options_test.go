@@ -41,7 +41,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		"--voters", "5", "--dead-after", "45s", "--node-ttl", "4s",
 		"--heartbeat-interval", "50ms", "--election-timeout", "600ms", "--etcd-log-level", "info",
 		"--etcd-quota", "512MiB", "--compaction-retention", "7m", "--defrag-interval", "2h", "--node-refresh", "90s",
-		"--labels", "zone=a,disk=ssd",
+		"--restart-hold", "45s", "--labels", "zone=a,disk=ssd",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +55,7 @@ func TestOptionsFromConfig(t *testing.T) {
 		DeadAfter: 45 * time.Second, NodeTTL: 4 * time.Second,
 		HeartbeatInterval: 50 * time.Millisecond, ElectionTimeout: 600 * time.Millisecond, EtcdLogLevel: "info",
 		QuotaBytes: 512 << 20, CompactionRetention: 7 * time.Minute, DefragInterval: 2 * time.Hour,
-		NodeRefresh: 90 * time.Second, Labels: map[string]string{"zone": "a", "disk": "ssd"},
+		NodeRefresh: 90 * time.Second, RestartHold: 45 * time.Second, Labels: map[string]string{"zone": "a", "disk": "ssd"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("OptionsFrom:\n got %+v\nwant %+v", got, want)
