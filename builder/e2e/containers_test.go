@@ -339,8 +339,13 @@ func scenarioContainersCgroup(t *testing.T, e *clusterEnv) {
 
 	// A server to measure, first: its tenant's usage is then written at
 	// once (the first figure), and again when the memory figure leaves zero.
+	// The three jobs go in together: their pulls and starts overlap
+	// (each takes 20-60 s under emulation).
+	const pidsLimit = 48
 	start := time.Now()
 	e.submit(t, testJob{name: "srv", tenant: tenant, args: []string{"serve"}})
+	e.submit(t, testJob{name: "hog", tenant: tenant, args: []string{"hog"}, memory: "48Mi", restart: jobs.RestartNever})
+	e.submit(t, testJob{name: "forkbomb", tenant: tenant, args: []string{"forkbomb"}, memory: "128Mi", pids: pidsLimit, restart: jobs.RestartNever})
 	srv := e.waitReplicas(t, tenant, "srv", 5*time.Minute, allRunning(1))[0]
 	t.Logf("measured: srv running on %s %.1f s after berthctl run (pull and start)", srv.Node, time.Since(start).Seconds())
 	srvNode := nodeIndex(t, srv.Node)
@@ -405,8 +410,6 @@ func scenarioContainersCgroup(t *testing.T, e *clusterEnv) {
 
 	// Out of memory: the kernel kills it inside its own limit, and the
 	// replica says why.
-	start = time.Now()
-	e.submit(t, testJob{name: "hog", tenant: tenant, args: []string{"hog"}, memory: "48Mi", restart: jobs.RestartNever})
 	hog := e.waitReplicas(t, tenant, "hog", 5*time.Minute, finished)[0]
 	t.Logf("measured: hog ended %.1f s after berthctl run: %s", time.Since(start).Seconds(), replicaSummary([]jobs.ReplicaStatus{hog}))
 	if *hog.ExitCode != 137 || hog.Reason != "killed: out of memory (raise resources.memory)" {
@@ -420,9 +423,6 @@ func scenarioContainersCgroup(t *testing.T, e *clusterEnv) {
 	}
 
 	// A fork bomb stops at its pids limit; the node stays usable.
-	const pidsLimit = 48
-	start = time.Now()
-	e.submit(t, testJob{name: "forkbomb", tenant: tenant, args: []string{"forkbomb"}, memory: "128Mi", pids: pidsLimit, restart: jobs.RestartNever})
 	fb := e.waitReplicas(t, tenant, "forkbomb", 5*time.Minute, finished)[0]
 	logs, err := e.c.Berthctl(e.ctx, e.berthctl, "--tenant", tenant, "logs", "forkbomb")
 	if err != nil {

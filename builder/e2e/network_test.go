@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/agent/subnet"
 	"github.com/berth-os/berth/builder/qemu"
 )
 
@@ -361,6 +365,29 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 		}
 		if h := keyValues(out)["host"]; h != fmt.Sprintf("web-%d", victim.Replica) {
 			return fmt.Errorf("answer %q", strings.TrimSpace(out))
+		}
+		return nil
+	})
+	// The dead node may return: its subnets stay leased to it (the
+	// reclaim grace is a day), none was handed to another node.
+	e.check(t, fmt.Sprintf("node-%d's subnets stay leased to it while it is down", node), 0, func() error {
+		resp, err := e.cli.Get(e.ctx, subnet.LeasesPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		holders := map[string]int{}
+		for _, kv := range resp.Kvs {
+			var l subnet.Lease
+			if err := json.Unmarshal(kv.Value, &l); err != nil {
+				return err
+			}
+			holders[l.Node]++
+			if l.Node == victim.Node && l.Subnet.Addr().Is4() && !l.Subnet.Contains(netip.MustParseAddr(victim.IPv4)) {
+				return fmt.Errorf("%s's IPv4 lease is %s, which does not hold its replica's old address %s", victim.Node, l.Subnet, victim.IPv4)
+			}
+		}
+		if holders[victim.Node] != 2 || len(holders) != 3 {
+			return fmt.Errorf("leases per node %v: want 2 (IPv4 and IPv6) for each of the 3 nodes", holders)
 		}
 		return nil
 	})
