@@ -187,9 +187,15 @@ type clusterEnv struct {
 }
 
 // ctl runs berthctl in the cluster with the admin certificate.
+//
+// A one-shot command (run, tenant add, image push) gets 30 s to reach
+// etcd instead of berthctl's default 5 s: under emulation, with three
+// nodes pulling and starting containers, the cluster has been seen not
+// answering for a few seconds (an election), and such a blip is not what
+// the scenarios test. A later --timeout in args still wins.
 func (e *clusterEnv) ctl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := e.c.Berthctl(e.ctx, e.berthctl, args...)
+	out, err := e.c.Berthctl(e.ctx, e.berthctl, append([]string{"--timeout", "30s"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
