@@ -68,6 +68,9 @@ type Net struct {
 	rt   *netroute.Programmer
 
 	assigned atomic.Pointer[subnet.Assigned]
+	// lastProblems are the route problems of the last reconcile (only
+	// Run's goroutine touches them).
+	lastProblems map[string]bool
 
 	tenantsMu sync.Mutex
 	tenantOf  map[netip.Addr]string // this node's containers
@@ -169,9 +172,17 @@ func (n *Net) reconcile(a subnet.Assigned, dns *servicedns.Server) {
 		n.log.Warn("routes not updated: cannot read this node's links", "err", err)
 	} else {
 		d, problems := netroute.Plan(n.o.Node, entries, peers, links, n.o.Routes)
+		// Reconciles follow every change; a problem is logged when it
+		// appears, not again at each of them.
+		seen := make(map[string]bool, len(problems))
 		for _, p := range problems {
-			n.log.Warn("cluster route", "problem", p.String())
+			msg := p.String()
+			seen[msg] = true
+			if !n.lastProblems[msg] {
+				n.log.Warn("cluster route", "problem", msg)
+			}
 		}
+		n.lastProblems = seen
 		if err := n.rt.Apply(d); err != nil {
 			n.log.Warn("cluster routes partly applied; retried at the next change", "err", err)
 		}
