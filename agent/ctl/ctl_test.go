@@ -10,32 +10,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/berth-os/berth/agent/ctl"
 	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
+	"github.com/berth-os/berth/internal/syncbuf"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // now is the clock berthctl sees in these tests, so AGE is exact.
 var now = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-// syncBuffer is written by a running `watch` and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // berthctl runs the command in-process and returns exit code and output.
 func berthctl(t *testing.T, env map[string]string, args ...string) (int, string, string) {
@@ -216,7 +203,7 @@ func TestMembersMarksLeader(t *testing.T) {
 func TestWatchStreamsPutsAndDeletes(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{})
 	env := envFor(e)
-	var out, errOut syncBuffer
+	var out, errOut syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {

@@ -1,7 +1,6 @@
 package servicedns
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,30 +15,14 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/berth-os/berth/agent/jobs"
+	"github.com/berth-os/berth/internal/syncbuf"
 )
 
 // Sources in these tests: 127.0.0.2 is a container of acme, 127.0.0.3 one
 // of globex, 127.0.0.1 the node, 127.0.0.9 a stranger.
 var testTenants = map[string]string{"127.0.0.2": "acme", "127.0.0.3": "globex"}
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testConfig(ups []netip.AddrPort, logw *syncBuffer) Config {
+func testConfig(ups []netip.AddrPort, logw *syncbuf.Buffer) Config {
 	return Config{
 		Listen:    []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
 		Upstreams: ups,
@@ -180,7 +163,7 @@ func addrsOf(m *dns.Msg) []string {
 
 func TestServerTenantBySource(t *testing.T) {
 	up := startUpstream(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := startServer(t, testConfig([]netip.AddrPort{up.addr}, &logs))
 	s.Update(testView())
 	srv := s.Addrs()[0]
@@ -217,7 +200,7 @@ func TestServerTenantBySource(t *testing.T) {
 
 // Answers of several replicas rotate, so clients taking the first spread.
 func TestServerRotates(t *testing.T) {
-	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 	s.Update(testView())
 	firsts := map[string]bool{}
 	for range 4 {
@@ -231,7 +214,7 @@ func TestServerRotates(t *testing.T) {
 
 func TestServerForwards(t *testing.T) {
 	up := startUpstream(t)
-	s := startServer(t, testConfig([]netip.AddrPort{up.addr}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{up.addr}, &syncbuf.Buffer{}))
 	for _, network := range []string{"udp", "tcp"} {
 		r := ask(t, s.Addrs()[0], "127.0.0.2", network, "Example.Test.", dns.TypeA, false)
 		if got := addrsOf(r); r.Rcode != dns.RcodeSuccess || len(got) != 1 || got[0] != "192.0.2.1" {
@@ -258,7 +241,7 @@ func TestServerForwards(t *testing.T) {
 
 func TestServerForwardFallsBackToTCP(t *testing.T) {
 	up := startUpstream(t)
-	s := startServer(t, testConfig([]netip.AddrPort{up.addr}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{up.addr}, &syncbuf.Buffer{}))
 	r := ask(t, s.Addrs()[0], "127.0.0.2", "udp", "big.test.", dns.TypeA, true)
 	if r.Truncated || len(r.Answer) != 40 {
 		t.Errorf("big.test over udp with edns: TC=%v, %d answers, want 40", r.Truncated, len(r.Answer))
@@ -279,7 +262,7 @@ func TestServerForwardFallsBackToTCP(t *testing.T) {
 // A job of many replicas does not fit 512 bytes: truncated over UDP, whole
 // over TCP.
 func TestServerTruncatesLargeBerthAnswers(t *testing.T) {
-	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 	var sts []jobs.ReplicaStatus
 	for i := range 100 {
 		sts = append(sts, running("acme", "many", i, fmt.Sprintf("10.88.3.%d", i+2), ""))
@@ -299,7 +282,7 @@ func TestServerTruncatesLargeBerthAnswers(t *testing.T) {
 
 func TestServerUpstreamFailover(t *testing.T) {
 	up := startUpstream(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t), up.addr}, &logs))
 	if r := ask(t, s.Addrs()[0], "127.0.0.2", "udp", "example.test.", dns.TypeA, false); len(r.Answer) != 1 {
 		t.Errorf("with the first upstream dead: %s %v", dns.RcodeToString[r.Rcode], addrsOf(r))
@@ -316,7 +299,7 @@ func TestServerUpstreamFailover(t *testing.T) {
 }
 
 func TestServerNoUpstreamAnswers(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	dead := deadUpstream(t)
 	s := startServer(t, testConfig([]netip.AddrPort{dead}, &logs))
 	start := time.Now()
@@ -335,7 +318,7 @@ func TestServerNoUpstreamAnswers(t *testing.T) {
 }
 
 func TestStartValidates(t *testing.T) {
-	first := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	first := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 	taken := first.Addrs()[0]
 	good := netip.MustParseAddrPort("127.0.0.1:0")
 	up := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:5399")}
@@ -372,7 +355,7 @@ func TestStartValidates(t *testing.T) {
 // The end of Start's context stops the server.
 func TestServerStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := Start(ctx, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	s, err := Start(ctx, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +383,7 @@ func TestServerStopsWithContext(t *testing.T) {
 // loopback upstream.
 func BenchmarkQuery(b *testing.B) {
 	up := startUpstream(b)
-	s := startServer(b, testConfig([]netip.AddrPort{up.addr}, &syncBuffer{}))
+	s := startServer(b, testConfig([]netip.AddrPort{up.addr}, &syncbuf.Buffer{}))
 	s.Update(testView())
 	for _, name := range []string{"web.acme.berth.", "example.test."} {
 		b.Run(strings.TrimSuffix(name, "."), func(b *testing.B) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
+	"github.com/berth-os/berth/internal/syncbuf"
 )
 
 func putJSON(t *testing.T, cli *clientv3.Client, key string, v any) {
@@ -76,7 +77,7 @@ func TestWatchFollowsEtcd(t *testing.T) {
 	}
 	putStatus(t, cli, running("acme", "bad", 0, "10.88.3.9", ""))
 
-	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 	ctx, cancel := context.WithCancel(context.Background())
 	var once sync.Once
 	update := func(v *View) {
@@ -140,7 +141,7 @@ func TestWatchRecoversFromCompaction(t *testing.T) {
 	cli := e.Client(t)
 	putJob(t, cli, job("acme", "web", 1))
 	putStatus(t, cli, running("acme", "web", 0, "10.88.3.2", ""))
-	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncBuffer{}))
+	s := startServer(t, testConfig([]netip.AddrPort{deadUpstream(t)}, &syncbuf.Buffer{}))
 
 	// The first update stalls the watch until a later revision is compacted.
 	ctx, cancel := context.WithCancel(context.Background())
