@@ -1,6 +1,7 @@
 // Package netsetup gives every container on a node its own network namespace,
 // wired to a node-local bridge with a veth pair and addressed from a small
-// file-based IPAM that survives agent restarts.
+// file-based IPAM that survives agent restarts. Network.SetMTU gives the
+// bridge and every veth pair the MTU the paths between nodes carry.
 //
 // All netlink work happens in the network namespace of the thread that called
 // Open, so tests can run the whole package inside a throwaway namespace.

@@ -36,8 +36,11 @@ type Network struct {
 	host   *netlink.Handle // netlink socket bound to hostNS
 	ipam   *ipam
 	bridge netlink.Link
+	// mtu is what SetMTU asked for: the bridge and every pair get it; 0
+	// leaves the bridge's MTU as found and new pairs take the bridge's.
+	mtu int
 
-	mu sync.Mutex // serialises Attach/Detach; IPAM's flock covers other processes
+	mu sync.Mutex // serialises Attach/Detach/SetMTU; IPAM's flock covers other processes
 }
 
 // Attachment is a container's network: its named netns and addresses.
@@ -180,6 +183,13 @@ func (n *Network) ensureBridge() error {
 	if link.Type() != "bridge" {
 		return fmt.Errorf("interface %s exists but is a %s, not a bridge", name, link.Type())
 	}
+	// Also after SetMTU: a bridge recreated behind our back starts at 1500.
+	if n.mtu > 0 && link.Attrs().MTU != n.mtu {
+		if err := n.host.LinkSetMTU(link, n.mtu); err != nil {
+			return fmt.Errorf("MTU %d on bridge %s: %w", n.mtu, name, err)
+		}
+		link.Attrs().MTU = n.mtu // new pairs copy it (ensureVeth)
+	}
 	addrs := []netip.Prefix{netip.PrefixFrom(gateway(n.cfg.Subnet4), n.cfg.Subnet4.Bits())}
 	if n.ipv6 {
 		addrs = append(addrs, netip.PrefixFrom(gateway(n.cfg.Subnet6), n.cfg.Subnet6.Bits()))
@@ -292,6 +302,12 @@ func (n *Network) attach(id, path string, existed bool) (Attachment, error) {
 	hostLink, err := n.ensureVeth(id, alloc.IPv4, nsh, inner)
 	if err != nil {
 		return Attachment{}, err
+	}
+	if n.mtu > 0 {
+		// A pair kept from before SetMTU (agent restart, repair).
+		if err := n.setPairMTU(hostLink, inner, n.mtu); err != nil {
+			return Attachment{}, err
+		}
 	}
 	if err := n.host.LinkSetMaster(hostLink, n.bridge); err != nil {
 		return Attachment{}, fmt.Errorf("attach %s to bridge %s: %w", hostLink.Attrs().Name, n.cfg.Bridge, err)

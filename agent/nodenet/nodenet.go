@@ -10,6 +10,11 @@
 //   - the service names JOB.TENANT.berth (agent/servicedns, served on the
 //     bridge's gateway addresses, the containers' resolver).
 //
+// It also gives the bridge and the containers the MTU the routes allow
+// (netroute's Desired.MTU, through Options.SetMTU): 1450 once VXLAN over a
+// 1500 underlay is in use, so a container's packets to another node are
+// neither fragmented nor dropped.
+//
 // Nothing is removed when the agent stops: containers outlive the agent,
 // and so do their routes, rules and published ports; the next agent picks
 // the kernel state up and corrects it.
@@ -46,6 +51,9 @@ type Options struct {
 	// (agent/netsetup), the same one the workload manager attaches to.
 	OpenBridge func() error
 	Routes     netroute.Config
+	// SetMTU gives the bridge and the containers an MTU (agent/netsetup's
+	// Network.SetMTU); nil leaves MTUs alone.
+	SetMTU func(mtu int) error
 	// Endpoints are this node's containers; EndpointsChanged signals a change.
 	Endpoints        func() []workload.Endpoint
 	EndpointsChanged <-chan struct{}
@@ -71,6 +79,10 @@ type Net struct {
 	// lastProblems are the route problems of the last reconcile (only
 	// Run's goroutine touches them).
 	lastProblems map[string]bool
+	// mtu is the MTU SetMTU last applied (0: none since the agent
+	// started), mtuErr its last failure, logged once (Run's goroutine).
+	mtu    int
+	mtuErr string
 
 	tenantsMu sync.Mutex
 	tenantOf  map[netip.Addr]string // this node's containers
@@ -183,9 +195,12 @@ func (n *Net) reconcile(a subnet.Assigned, dns *servicedns.Server) {
 			}
 		}
 		n.lastProblems = seen
-		if err := n.rt.Apply(d); err != nil {
+		n.applyMTU(d, false, false)
+		err := n.rt.Apply(d)
+		if err != nil {
 			n.log.Warn("cluster routes partly applied; retried at the next change", "err", err)
 		}
+		n.applyMTU(d, true, err == nil)
 	}
 
 	fc := filterConfig(s, local, a, n.o.Bridge, n.o.PortBindIP)
@@ -200,6 +215,53 @@ func (n *Net) reconcile(a subnet.Assigned, dns *servicedns.Server) {
 	if dns != nil {
 		dns.Update(servicedns.NewView(s.Specs, s.Statuses))
 	}
+}
+
+// applyMTU gives the bridge and the containers d.MTU when mtuStep says
+// so at this point of a reconcile; a failure is retried at the next one.
+func (n *Net) applyMTU(d netroute.Desired, afterRoutes, routesOK bool) {
+	if n.o.SetMTU == nil || !mtuStep(n.mtu, d.MTU, afterRoutes, routesOK) {
+		return
+	}
+	if err := n.o.SetMTU(d.MTU); err != nil {
+		if msg := err.Error(); msg != n.mtuErr {
+			n.mtuErr = msg
+			n.log.Warn("container network MTU not (fully) set; retried at the next reconcile", "mtu", d.MTU, "err", err)
+		}
+		return
+	}
+	n.log.Info("container network MTU set", "old", n.mtu, "new", d.MTU, "why", mtuReason(d))
+	n.mtu, n.mtuErr = d.MTU, ""
+}
+
+// mtuStep says whether to set the containers' MTU to desired now, before
+// (afterRoutes false) or after the routes of the same plan are applied;
+// applied is the MTU set last (0: none yet). Containers never get more
+// than the path carries: a lower MTU is set at once, before the routes
+// lead anywhere narrower, a higher one only after the routes were
+// applied without error (a VXLAN device that failed to go may still
+// carry traffic). The first MTU since the agent started comes after the
+// routes: the kernel's current MTU is not known. desired 0 (no underlay
+// link known) leaves everything as it is.
+func mtuStep(applied, desired int, afterRoutes, routesOK bool) bool {
+	switch {
+	case desired <= 0 || desired == applied:
+		return false
+	case desired < applied:
+		return !afterRoutes
+	case applied == 0:
+		return afterRoutes
+	default:
+		return afterRoutes && routesOK
+	}
+}
+
+// mtuReason says where an MTU comes from, for the log line of a change.
+func mtuReason(d netroute.Desired) string {
+	if d.VXLAN != nil {
+		return fmt.Sprintf("VXLAN device %s in use: the underlay link's MTU minus the encapsulation", d.VXLAN.Name)
+	}
+	return "no VXLAN path: the MTU of the underlay links the routes use"
 }
 
 func (n *Net) setLocalTenants(local []workload.Endpoint) {

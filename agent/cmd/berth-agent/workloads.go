@@ -162,6 +162,14 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 			Endpoints:  mgr.Endpoints, EndpointsChanged: mgr.EndpointsChanged(),
 			PortBindIP: netip.MustParseAddr(cfg.PortBindIP),
 			Log:        log,
+			// The MTU the routes allow, on the network the containers share.
+			SetMTU: func(mtu int) error {
+				n, err := openNet()
+				if err != nil {
+					return err
+				}
+				return n.SetMTU(mtu)
+			},
 		})
 		if err != nil {
 			return err
