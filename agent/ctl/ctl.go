@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berth-os/berth/internal/cli"
+	"github.com/berth-os/berth/internal/retry"
 )
 
 // Exit codes of berthctl.
@@ -140,8 +141,6 @@ type session struct {
 	sys  IO
 }
 
-// request gives one etcd call the timeout and turns its error into a
-// berthctl error with a cause a person can act on.
 // deleteKey deletes one key and says whether it was there.
 func (s *session) deleteKey(ctx context.Context, what, key string) (bool, error) {
 	var deleted int64
@@ -155,11 +154,24 @@ func (s *session) deleteKey(ctx context.Context, what, key string) (bool, error)
 	return deleted > 0, err
 }
 
+// request gives one etcd call the timeout and turns its error into a
+// berthctl error with a cause a person can act on.
 func (s *session) request(ctx context.Context, what string, call func(context.Context) error) error {
 	cctx, cancel := context.WithTimeout(ctx, s.opts.timeout)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- call(cctx) }()
+	go func() {
+		// etcd refuses or drops a request while it elects a leader or
+		// catches up after a member restarted; such a request is tried
+		// again within the timeout instead of failing the command.
+		done <- retry.Do(cctx, retry.Policy{Initial: 200 * time.Millisecond, Max: 2 * time.Second}, func() error {
+			err := call(cctx)
+			if err != nil && !transient(err) {
+				return retry.Permanent(err)
+			}
+			return err
+		})
+	}()
 	// gRPC retries a failed TLS handshake until the timeout; a call that
 	// is slow to answer gets a TLS probe on the side so that wrong
 	// certificates are reported in about a second, not after the timeout.

@@ -57,6 +57,9 @@ func explain(what string, err error, cfg Config, timeout time.Duration) error {
 		errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrGRPCInvalidAuthToken):
 		return fail(ExitError, "%s: etcd requires authentication: pass a client certificate (--cert, --key) issued by the cluster CA", what)
 	}
+	if transient(err) {
+		return fail(ExitUnreachable, "%s: etcd did not commit the request within %v (%v): the cluster is electing a leader or overloaded; check `berthctl nodes` and try again", what, timeout, lastTransient(err))
+	}
 	code := status.Code(err)
 	if !errors.Is(err, context.DeadlineExceeded) && code != codes.DeadlineExceeded && code != codes.Unavailable {
 		return fail(ExitError, "%s: %v", what, err)
@@ -148,4 +151,29 @@ func dialCause(endpoints []string, clientErr error) string {
 		conn.Close()
 	}
 	return "no answer (" + oneLine(clientErr.Error()) + ")"
+}
+
+// transientErrors are etcd's answers to a request it could not commit
+// now but may commit a moment later (an election, a member catching up).
+var transientErrors = []error{
+	rpctypes.ErrTimeout, rpctypes.ErrGRPCTimeout,
+	rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrGRPCTimeoutDueToLeaderFail,
+	rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrGRPCTimeoutDueToConnectionLost,
+	rpctypes.ErrNoLeader, rpctypes.ErrGRPCNoLeader,
+	rpctypes.ErrLeaderChanged, rpctypes.ErrGRPCLeaderChanged,
+	rpctypes.ErrTooManyRequests, rpctypes.ErrGRPCRequestTooManyRequests,
+}
+
+// transient reports whether err (or the last error it wraps) is one of
+// transientErrors: worth trying again.
+func transient(err error) bool { return lastTransient(err) != nil }
+
+// lastTransient returns the transient etcd error in err, or nil.
+func lastTransient(err error) error {
+	for _, t := range transientErrors {
+		if errors.Is(err, t) {
+			return t
+		}
+	}
+	return nil
 }
