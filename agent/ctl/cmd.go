@@ -10,6 +10,7 @@ import (
 
 	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/internal/cli"
+	"github.com/berth-os/berth/updater/slot"
 )
 
 const rootLong = `berthctl reads and changes what berth agents keep in etcd: nodes and
@@ -140,6 +141,7 @@ func NewCommand(ctx context.Context, sys IO, version string) *cobra.Command {
 	f.IntVar(&o.os.canary, "canary", 1, "the first `K` nodes by name update alone first")
 	f.DurationVar(&o.os.deadline, "deadline", rollout.DefaultDeadline, "how long a node may stay rebooting or verifying")
 	f.IntVar(&o.os.maxFailures, "max-failures", 0, "pause once more than `N` nodes failed")
+	f.IntVar(&o.os.tries, "tries", slot.DefaultTries, "boots the new OS gets on a node to pass its health gate before the node rolls back, `N` of 1-99")
 	f.BoolVar(&o.os.autoRevert, "auto-revert", false, "then also move updated nodes back to their previous version")
 	f.StringVar(&o.os.payload, "payload", "", "payload `REF` (default berth.local/berth/os:VERSION, which must have been pushed)")
 	f.BoolVar(&o.os.force, "force", false, "set VERSION again although it is the current rollout")

@@ -30,6 +30,8 @@ Commands:
     --canary K                 the first K nodes by name update alone first (default 1)
     --deadline DURATION        how long a node may stay rebooting or verifying (default 15m)
     --max-failures N           pause once more than N nodes failed (default 0)
+    --tries N                  boots the new OS gets on a node to pass its health gate
+                               before that node rolls back (1-99, default 3)
     --auto-revert              then also move updated nodes back to their previous version
     --payload REF              payload reference (default berth.local/berth/os:VERSION,
                                which must have been pushed)
@@ -51,6 +53,7 @@ type osOptions struct {
 	canary         int
 	deadline       time.Duration
 	maxFailures    int
+	tries          int
 	autoRevert     bool
 	payload        string
 	force          bool

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/berth-os/berth/agent/rollout"
+	"github.com/berth-os/berth/updater/slot"
 )
 
 // cmdOSRollout stores a new rollout target.
@@ -31,8 +32,12 @@ func cmdOSRollout(ctx context.Context, s *session) error {
 		Window:          strings.TrimSpace(o.window),
 		DeadlineSeconds: int((o.deadline + time.Second - 1) / time.Second),
 		MaxFailures:     o.maxFailures,
+		Tries:           o.tries,
 		AutoRevert:      o.autoRevert,
 		Created:         s.sys.Now().UTC().Truncate(time.Second),
+	}
+	if o.tries < 1 || o.tries > slot.MaxTries {
+		return fail(ExitUsage, "--tries %d: want 1 to %d boots (default %d)", o.tries, slot.MaxTries, slot.DefaultTries)
 	}
 	if t.Payload == "" {
 		if err := checkPayloadTag(version); err != nil {
@@ -72,8 +77,8 @@ func cmdOSRollout(ctx context.Context, s *session) error {
 		return err
 	}
 	out := s.sys.Stdout
-	fmt.Fprintf(out, "rollout of %s set: payload %s, max-unavailable %d, %s, canary %d, window %s, deadline %s, max-failures %d",
-		version, t.Payload, t.MaxUnavailable, groupText(t.Group), t.Canary, windowText(t.Window), t.Deadline(), t.MaxFailures)
+	fmt.Fprintf(out, "rollout of %s set: payload %s, max-unavailable %d, %s, canary %d, window %s, deadline %s, max-failures %d, tries %d",
+		version, t.Payload, t.MaxUnavailable, groupText(t.Group), t.Canary, windowText(t.Window), t.Deadline(), t.MaxFailures, t.BootTries())
 	if t.AutoRevert {
 		fmt.Fprint(out, ", auto-revert")
 	}

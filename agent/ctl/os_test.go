@@ -213,7 +213,7 @@ func TestOSPushThenRollout(t *testing.T) {
 	}
 	tgt, raw, _ := storedTarget(t, e)
 	want := rollout.Target{Schema: rollout.TargetSchema, Version: "0.3.0", Payload: rollout.DefaultPayload("0.3.0"),
-		MaxUnavailable: 1, Canary: 1, DeadlineSeconds: 900, Created: now}
+		MaxUnavailable: 1, Canary: 1, DeadlineSeconds: 900, Tries: 3, Created: now}
 	if tgt != want {
 		t.Errorf("stored target %+v\nwant %+v", tgt, want)
 	}
@@ -285,24 +285,24 @@ func TestOSRolloutFlagsAndValidation(t *testing.T) {
 	ref := "registry.example:5000/berth/os:0.4.0" // an explicit payload is not checked against the cluster registry
 
 	code, out, errOut := berthctl(t, env, "os", "rollout", "0.4.0", "--payload", ref, "--max-unavailable", "3", "--group", "edge",
-		"--window", "Sat 02:00-04:00", "--canary", "2", "--deadline", "20m", "--max-failures", "1", "--auto-revert")
+		"--window", "Sat 02:00-04:00", "--canary", "2", "--deadline", "20m", "--max-failures", "1", "--tries", "2", "--auto-revert")
 	if code != 0 {
 		t.Fatalf("rollout: exit %d: %s", code, errOut)
 	}
 	want := rollout.Target{Schema: rollout.TargetSchema, Version: "0.4.0", Payload: ref, MaxUnavailable: 3, Group: "edge",
-		Canary: 2, Window: "Sat 02:00-04:00", DeadlineSeconds: 1200, MaxFailures: 1, AutoRevert: true, Created: now}
+		Canary: 2, Window: "Sat 02:00-04:00", DeadlineSeconds: 1200, MaxFailures: 1, Tries: 2, AutoRevert: true, Created: now}
 	tgt, raw, rev := storedTarget(t, e)
 	if tgt != want {
 		t.Fatalf("stored target %+v\nwant %+v", tgt, want)
 	}
-	for k, v := range map[string]any{"group": "edge", "window": "Sat 02:00-04:00", "deadline_seconds": 1200.0, "max_failures": 1.0,
+	for k, v := range map[string]any{"group": "edge", "window": "Sat 02:00-04:00", "deadline_seconds": 1200.0, "max_failures": 1.0, "tries": 2.0,
 		"auto_revert": true, "canary": 2.0, "created": "2026-05-01T12:00:00Z"} {
 		if raw[k] != v {
 			t.Errorf("stored JSON %s = %v, want %v", k, raw[k], v)
 		}
 	}
 	// now is a Friday noon: outside the window, which the output says.
-	if !strings.Contains(out, `group edge, canary 2, window "Sat 02:00-04:00" (UTC), deadline 20m0s, max-failures 1, auto-revert`) ||
+	if !strings.Contains(out, `group edge, canary 2, window "Sat 02:00-04:00" (UTC), deadline 20m0s, max-failures 1, tries 2, auto-revert`) ||
 		!strings.Contains(out, "the maintenance window is closed now") {
 		t.Errorf("rollout output:\n%s", out)
 	}
@@ -323,6 +323,8 @@ func TestOSRolloutFlagsAndValidation(t *testing.T) {
 		{[]string{"--deadline", "-5m"}, "--deadline"},
 		{[]string{"--deadline", "soon"}, "deadline"},
 		{[]string{"--payload", "not a reference"}, "--payload"},
+		{[]string{"--tries", "0"}, "--tries 0: want 1 to 99"},
+		{[]string{"--tries", "100"}, "--tries 100"},
 	} {
 		args := append([]string{"os", "rollout", "0.6.0", "--payload", "registry.example:5000/berth/os:0.6.0"}, c.args...)
 		code, _, errOut := berthctl(t, env, args...)

@@ -293,7 +293,7 @@ func (d *Driver) download(ctx context.Context, t Target, own, cur NodeStatus, st
 	d.o.Log.Info("rollout: payload downloaded", "ref", ref, "bytes", n, "seconds", downloaded.Seconds())
 
 	start = time.Now()
-	err = d.stage(ctx, ref)
+	err = d.stage(ctx, ref, t.Tries)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -314,14 +314,14 @@ func (d *Driver) download(ctx context.Context, t Target, own, cur NodeStatus, st
 	return d.put(ctx, cur)
 }
 
-func (d *Driver) stage(ctx context.Context, ref string) error {
+func (d *Driver) stage(ctx context.Context, ref string, tries int) error {
 	src, err := d.o.Open(ctx, ref)
 	if err != nil {
 		return err
 	}
 	// The operator chose the version: an older one is a deliberate
 	// downgrade, installed like any other.
-	_, err = d.o.Updater.Apply(ctx, src, slot.ApplyOptions{AllowDowngrade: true})
+	_, err = d.o.Updater.Apply(ctx, src, slot.ApplyOptions{AllowDowngrade: true, Tries: tries})
 	return err
 }
 

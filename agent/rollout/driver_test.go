@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +29,7 @@ type fakeOS struct {
 	otherSt  string // slot.SlotStaged, SlotGood, SlotBad or SlotEmpty
 	last     *slot.Result
 	applies  int
+	tries    []int // ApplyOptions.Tries of each apply
 	unstaged []string
 }
 
@@ -45,9 +47,10 @@ func (f *fakeOS) Status() (slot.Status, error) {
 	return st, nil
 }
 
-func (f *fakeOS) Apply(_ context.Context, src slot.Source, _ slot.ApplyOptions) (slot.Plan, error) {
+func (f *fakeOS) Apply(_ context.Context, src slot.Source, o slot.ApplyOptions) (slot.Plan, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.tries = append(f.tries, o.Tries)
 	v := src.Manifest().Version
 	if !f.blessed {
 		return slot.Plan{}, fmt.Errorf("booted OS not blessed")
@@ -337,7 +340,7 @@ func TestDriverFailingCanaryPausesAndAbortUnstages(t *testing.T) {
 	f := newFleet(t, names, "1.0.0")
 	f.bad["2.0.0"] = true
 	f.wait("idle statuses", 10*time.Second, func(s Snapshot) bool { return len(s.Statuses) == 3 })
-	f.target(Target{Version: "2.0.0", MaxUnavailable: 1, Canary: 1, DeadlineSeconds: 30}, 0)
+	f.target(Target{Version: "2.0.0", MaxUnavailable: 1, Canary: 1, DeadlineSeconds: 30, Tries: 1}, 0)
 	snap := f.wait("canary rolled back, rollout paused", 30*time.Second, func(s Snapshot) bool {
 		return s.Target.Paused && Effective(*s.Target, s.Statuses["n1"]) == PhaseRolledBack
 	})
@@ -367,6 +370,15 @@ func TestDriverFailingCanaryPausesAndAbortUnstages(t *testing.T) {
 		if u := f.nodes[n].os.unstaged; len(u) != 1 || u[0] != "2.0.0" {
 			t.Errorf("%s unstaged %v", n, u)
 		}
+	}
+	// The target's tries reached every install.
+	for _, n := range names {
+		os := f.nodes[n].os
+		os.mu.Lock()
+		if len(os.tries) == 0 || slices.ContainsFunc(os.tries, func(v int) bool { return v != 1 }) {
+			t.Errorf("%s installed with tries %v, want 1 each time", n, os.tries)
+		}
+		os.mu.Unlock()
 	}
 }
 

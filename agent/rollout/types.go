@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/updater/slot"
 )
 
 // Schemas of the documents; they change only with an incompatible change.
@@ -36,12 +37,16 @@ type Target struct {
 	DeadlineSeconds int    `json:"deadline_seconds,omitempty"`
 	// MaxFailures is the error budget: the rollout pauses once more nodes
 	// than this rolled back or missed their deadline (default 0).
-	MaxFailures int       `json:"max_failures,omitempty"`
-	AutoRevert  bool      `json:"auto_revert,omitempty"`
-	Paused      bool      `json:"paused,omitempty"`
-	Aborted     bool      `json:"aborted,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	Created     time.Time `json:"created"`
+	MaxFailures int `json:"max_failures,omitempty"`
+	// Tries is how many boots the new OS gets on each node to pass its
+	// health gate before the node rolls back; 0 means the updater's
+	// default (slot.DefaultTries).
+	Tries      int       `json:"tries,omitempty"`
+	AutoRevert bool      `json:"auto_revert,omitempty"`
+	Paused     bool      `json:"paused,omitempty"`
+	Aborted    bool      `json:"aborted,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	Created    time.Time `json:"created"`
 }
 
 // Deadline is the target's deadline, defaulted.
@@ -50,6 +55,14 @@ func (t Target) Deadline() time.Duration {
 		return DefaultDeadline
 	}
 	return time.Duration(t.DeadlineSeconds) * time.Second
+}
+
+// BootTries is Tries, defaulted.
+func (t Target) BootTries() int {
+	if t.Tries == 0 {
+		return slot.DefaultTries
+	}
+	return t.Tries
 }
 
 // Validate checks a target before it is stored or acted on.
@@ -65,6 +78,9 @@ func (t Target) Validate() error {
 	}
 	if t.Canary < 0 || t.MaxFailures < 0 || t.DeadlineSeconds < 0 {
 		return fmt.Errorf("rollout target %s: canary, max_failures and deadline_seconds must not be negative", t.Version)
+	}
+	if t.Tries < 0 || t.Tries > slot.MaxTries {
+		return fmt.Errorf("rollout target %s: tries %d, want 1 to %d (0: the default, %d)", t.Version, t.Tries, slot.MaxTries, slot.DefaultTries)
 	}
 	if t.Group != "" {
 		if err := CheckNodeGroup(t.Group); err != nil {

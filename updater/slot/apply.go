@@ -32,9 +32,9 @@ type Source interface {
 // DefaultTries is how many boots a new OS gets to pass its health gate.
 const DefaultTries = 3
 
-// maxTries keeps the counter within what the entry name format holds and
+// MaxTries keeps the counter within what the entry name format holds and
 // what makes sense: each failed try is a full boot.
-const maxTries = 99
+const MaxTries = 99
 
 // espMargin is kept free on the ESP beyond the new files, for the entry
 // file and FAT's own bookkeeping.
@@ -142,8 +142,8 @@ func (s System) plan(m payload.Manifest, o ApplyOptions) (Plan, error) {
 	if tries == 0 {
 		tries = DefaultTries
 	}
-	if tries < 1 || tries > maxTries {
-		return Plan{}, fmt.Errorf("refusing update: boot tries must be between 1 and %d, got %d", maxTries, tries)
+	if tries < 1 || tries > MaxTries {
+		return Plan{}, fmt.Errorf("refusing update: boot tries must be between 1 and %d, got %d", MaxTries, tries)
 	}
 	passive := b.Slot.Other()
 	p := Plan{
