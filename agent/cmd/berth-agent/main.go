@@ -31,6 +31,7 @@ import (
 	"github.com/berth-os/berth/agent/nodeconfig"
 	"github.com/berth-os/berth/agent/rollout"
 	"github.com/berth-os/berth/internal/cli"
+	"github.com/berth-os/berth/internal/pprofserve"
 	"github.com/berth-os/berth/internal/sdstate"
 )
 
@@ -93,6 +94,9 @@ func run(cfg config.Config, log *slog.Logger, underJournal bool) error {
 	etcdLog := "stderr"
 	if underJournal {
 		etcdLog = "systemd/journal"
+	}
+	if err := pprofserve.Start(os.Getenv(pprofserve.Env), log); err != nil {
+		return err
 	}
 	opts := cluster.OptionsFrom(cfg)
 	opts.EtcdLogOutput = etcdLog
