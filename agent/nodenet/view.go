@@ -20,15 +20,22 @@ var Prefixes = []string{subnet.LeasesPrefix, nodedoc.NodesPrefix, jobs.TenantsPr
 // clusterView is the in-memory copy of the followed keys (an
 // internal/etcdview.View); changed is signalled after each load or burst.
 type clusterView struct {
-	mu      sync.Mutex
-	leases  map[string]subnet.Lease
-	nodes   map[string][]netip.Addr
+	mu     sync.Mutex
+	leases map[string]subnet.Lease
+	nodes  map[string][]netip.Addr // from the node documents there now
+	// last is every node's addresses as its last document gave them,
+	// kept when the document goes (and across reloads): a node document
+	// lives on a 10 s lease that an overloaded node can lose for a moment,
+	// and its routes must not flap with it. A node's subnets stay routed
+	// to its last addresses while it holds their leases (a dead node's
+	// packets are dropped there, as they would be anyway).
+	last    map[string][]netip.Addr
 	catalog *jobs.Catalog
 	changed chan struct{}
 }
 
 func newClusterView(log *slog.Logger) *clusterView {
-	v := &clusterView{changed: make(chan struct{}, 1), catalog: jobs.NewCatalog(log)}
+	v := &clusterView{changed: make(chan struct{}, 1), catalog: jobs.NewCatalog(log), last: map[string][]netip.Addr{}}
 	v.Reset()
 	return v
 }
@@ -64,6 +71,9 @@ func (v *clusterView) Put(key string, value []byte) {
 			}
 		}
 		v.nodes[name] = addrs
+		if len(addrs) > 0 {
+			v.last[name] = addrs
+		}
 	case strings.HasPrefix(key, jobs.TenantsPrefix):
 		v.catalog.Put(key, value)
 	}
@@ -88,7 +98,9 @@ func (v *clusterView) Synced() {
 
 // snapshot is a consistent copy for one reconcile.
 type snapshot struct {
-	Leases   []subnet.Lease
+	Leases []subnet.Lease
+	// Nodes are the addresses of the nodes with a document, and of the
+	// nodes holding a lease as their last document gave them.
 	Nodes    map[string][]netip.Addr
 	Statuses []jobs.ReplicaStatus
 	Specs    []jobs.Job
@@ -100,6 +112,9 @@ func (v *clusterView) snapshot() snapshot {
 	s := snapshot{Nodes: make(map[string][]netip.Addr, len(v.nodes)), Statuses: v.catalog.Statuses(), Specs: v.catalog.Specs()}
 	for _, l := range v.leases {
 		s.Leases = append(s.Leases, l)
+		if a, ok := v.last[l.Node]; ok {
+			s.Nodes[l.Node] = a
+		}
 	}
 	for n, a := range v.nodes {
 		s.Nodes[n] = a

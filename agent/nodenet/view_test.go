@@ -54,9 +54,19 @@ func TestViewFollowsEtcd(t *testing.T) {
 	if _, err := cli.Delete(ctx, jobs.StatusKey("acme", "web", 0)); err != nil {
 		t.Fatal(err)
 	}
+	// n1's document went (its lease lapsed) but n1 still holds its
+	// subnet: its last address stays, so its route does not flap.
+	waitView(t, v, func(s snapshot) bool {
+		return len(s.Leases) == 2 && len(s.Nodes["n1"]) == 1 && s.Nodes["n1"][0] == ma("10.240.0.11") &&
+			len(s.Nodes["n2"]) == 1 && len(s.Statuses) == 0
+	})
+	// Once n1's subnet lease is gone too (the node was removed), so is n1.
+	if _, err := cli.Delete(ctx, subnet.LeaseKey(l1.Subnet)); err != nil {
+		t.Fatal(err)
+	}
 	waitView(t, v, func(s snapshot) bool {
 		_, n1 := s.Nodes["n1"]
-		return len(s.Leases) == 2 && !n1 && len(s.Nodes["n2"]) == 1 && len(s.Statuses) == 0
+		return len(s.Leases) == 1 && !n1 && len(s.Nodes["n2"]) == 1
 	})
 }
 
