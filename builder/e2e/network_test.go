@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -115,8 +117,8 @@ func (e *clusterEnv) check(t *testing.T, what string, timeout time.Duration, f f
 // the container ranges as its node (masquerade); published ports answer
 // from outside with the caller's real address; beta reaches nothing of
 // alpha, not even its names; a web replica on a killed node comes back
-// elsewhere under the same name. The node is started again: three Ready
-// nodes, and no job left, at the end.
+// elsewhere under the same name. The killed node is left down for
+// node-loss-and-config.
 func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
 	const a, b = "alpha", "beta"
 	e.addTenant(t, a)
@@ -216,6 +218,20 @@ func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
 		})
 	}
 
+	// Measured, not asserted: throughput across nodes against the
+	// nodes' own, and DNS answer latency.
+	for _, r := range web {
+		if r.Node != client.Node {
+			e.measureThroughput(t, client, r, inClient)
+			break
+		}
+	}
+	if out, err := inClient("dnsbench", "-n", "50", "web.alpha.berth"); err == nil {
+		t.Logf("measured: DNS lookups of web.alpha.berth (A and AAAA) from the client container: %s", strings.TrimSpace(out))
+	} else {
+		t.Errorf("dnsbench in the client: %v", err)
+	}
+
 	// 2. Out of the cluster: the server sees the node's address.
 	outside := startOutsideServer(t, e.c)
 	clientNodeIP := e.c.Nodes[clientNode-1].IPv4
@@ -265,21 +281,29 @@ func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
 			place = "same node"
 		}
 		e.check(t, fmt.Sprintf("intruder cannot connect to web-%d %s:%d (%s)", r.Replica, r.IPv4, httpPort, place), 0, func() error {
-			if out, err := inIntruder("connect", fmt.Sprintf("%s:%d", r.IPv4, httpPort)); err == nil {
+			out, err := inIntruder("connect", fmt.Sprintf("%s:%d", r.IPv4, httpPort))
+			if err == nil {
 				return fmt.Errorf("beta reached alpha's web-%d: %s", r.Replica, strings.TrimSpace(out))
 			}
-			return nil
+			return netcheckFailed(err, "connect", "")
 		})
 	}
 	e.check(t, "intruder cannot resolve web.alpha.berth", 0, func() error {
-		if out, err := inIntruder("resolve", "web.alpha.berth"); err == nil {
+		out, err := inIntruder("resolve", "web.alpha.berth")
+		if err == nil {
 			return fmt.Errorf("beta resolved alpha's web.alpha.berth: %s", strings.Join(strings.Fields(out), " "))
 		}
-		return nil
+		return netcheckFailed(err, "resolve", "no such host")
 	})
 
 	// 5. A node dies: its web replica runs elsewhere and its name follows.
-	e.webFailover(t, web, client, inClient, resolves)
+	// The replicas as they are now: one that moved meanwhile (it should
+	// not have) must not be taken for the killed node's.
+	now := e.waitReplicas(t, a, "web", time.Minute, allRunning(3))
+	if !slices.EqualFunc(now, web, func(x, y jobs.ReplicaStatus) bool { return x.ContainerID == y.ContainerID && x.Node == y.Node }) {
+		t.Errorf("web's replicas moved during the scenario, no node was down: was %s, now %s", replicaSummary(web), replicaSummary(now))
+	}
+	e.webFailover(t, now, client, inClient, resolves)
 }
 
 // udpFromOutside sends to addr from the cluster's namespace and returns
@@ -304,9 +328,9 @@ func (e *clusterEnv) udpFromOutside(addr string) (string, error) {
 }
 
 // webFailover kills a node holding a web replica (not the client's, so
-// the client keeps asking), measures until the replica runs elsewhere
-// and until its names answer with the new address, and starts the node
-// again.
+// the client keeps asking) and measures until the replica runs elsewhere
+// and until its names answer with the new address. It leaves the node
+// down: node-loss-and-config, next, starts it again.
 func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client jobs.ReplicaStatus,
 	inClient func(...string) (string, error), resolves func(func(...string) (string, error), string, []string) func() error) {
 	var victim *jobs.ReplicaStatus
@@ -316,22 +340,12 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 		}
 	}
 	node := nodeIndex(t, victim.Node)
-	t.Cleanup(func() {
-		// Also when the scenario stopped half way: three Ready nodes.
-		if e.c.Running(node) == 0 {
-			if err := e.c.Start(node); err != nil {
-				t.Errorf("start node-%d again: %v", node, err)
-				return
-			}
-		}
-		if _, err := e.c.WaitNodes(e.ctx, e.berthctl, e.c.AllReady); err != nil {
-			t.Errorf("3 Ready nodes after the web failover: %v", err)
-		}
-	})
 	if err := e.c.Kill(node); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
+	// node-loss-and-config goes on with the node down (a boot saved).
+	e.down, e.downAt = node, killed
 	moved := e.waitReplicas(t, "alpha", "web", 5*time.Minute, func(list []jobs.ReplicaStatus) error {
 		if err := allRunning(3)(list); err != nil {
 			return err
@@ -371,7 +385,9 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 	// The dead node may return: its subnets stay leased to it (the
 	// reclaim grace is a day), none was handed to another node.
 	e.check(t, fmt.Sprintf("node-%d's subnets stay leased to it while it is down", node), 0, func() error {
-		resp, err := e.cli.Get(e.ctx, subnet.LeasesPrefix, clientv3.WithPrefix())
+		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+		defer cancel()
+		resp, err := e.cli.Get(ctx, subnet.LeasesPrefix, clientv3.WithPrefix())
 		if err != nil {
 			return err
 		}
@@ -391,12 +407,73 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 		}
 		return nil
 	})
-	if err := e.c.Start(node); err != nil {
-		t.Fatal(err)
+}
+
+// measureThroughput pulls a bulk HTTP body from web replica r on another
+// node into the client container (the container network: bridge, route
+// between the nodes, bridge), and the same from a netcheck server on r's
+// node into the client's node (the nodes' own network), alternating,
+// and logs the best of each and their ratio. The node-side netcheck is
+// the image's binary, copied out of the running container.
+func (e *clusterEnv) measureThroughput(t *testing.T, client, r jobs.ReplicaStatus, inClient func(...string) (string, error)) {
+	t.Helper()
+	const size = 32 << 20
+	const bin, unit, port = "/run/berth-e2e-netcheck", "berth-e2e-sink", 18090
+	clientNode, serverNode := nodeIndex(t, client.Node), nodeIndex(t, r.Node)
+	copyOut := func(node int, id string) error {
+		_, err := e.c.SSH(e.ctx, node, fmt.Sprintf(`pid=$(%s) && cp /proc/$pid/root/bin/netcheck %s`, containerPidScript(id), bin))
+		return err
 	}
-	started := time.Now()
-	if _, err := e.c.WaitNodes(e.ctx, e.berthctl, e.c.AllReady); err != nil {
-		t.Fatalf("node-%d Ready again: %v", node, err)
+	if err := copyOut(clientNode, client.ContainerID); err != nil {
+		t.Errorf("throughput: %v", err)
+		return
 	}
-	t.Logf("measured: node-%d Ready again %.1f s after its qemu started", node, time.Since(started).Seconds())
+	if err := copyOut(serverNode, r.ContainerID); err != nil {
+		t.Errorf("throughput: %v", err)
+		return
+	}
+	if _, err := e.c.SSH(e.ctx, serverNode, fmt.Sprintf(`systemd-run --quiet --collect --unit %s %s serve -http :%d -udp ""`, unit, bin, port)); err != nil {
+		t.Errorf("throughput: node server: %v", err)
+		return
+	}
+	defer e.c.SSH(e.ctx, serverNode, "systemctl stop "+unit)
+	rate := func(out string, err error) (float64, error) {
+		if err != nil {
+			return 0, err
+		}
+		return strconv.ParseFloat(keyValues(out)["mib_per_s"], 64)
+	}
+	var best [2]float64
+	for range 2 {
+		c, err := rate(inClient("pull", fmt.Sprintf("http://%s:%d/bytes?n=%d", r.IPv4, httpPort, size)))
+		if err != nil {
+			t.Errorf("throughput container to container: %v", err)
+			return
+		}
+		serverIP := e.c.Nodes[serverNode-1].IPv4
+		out, err := e.c.SSH(e.ctx, clientNode, fmt.Sprintf("%s pull http://%s:%d/bytes?n=%d", bin, serverIP, port, size))
+		n, err := rate(string(out), err)
+		if err != nil {
+			t.Errorf("throughput node to node: %v", err)
+			return
+		}
+		best[0], best[1] = max(best[0], c), max(best[1], n)
+	}
+	t.Logf("measured: TCP throughput %s -> %s (direct routes, best of 2 x %d MiB): container to container %.1f MiB/s, node to node %.1f MiB/s, ratio %.2f",
+		r.Node, client.Node, size>>20, best[0], best[1], best[0]/best[1])
+}
+
+// netcheckFailed is nil when err is netcheck's own failure of cmd (the
+// connection or lookup was refused, as a negative check wants), with
+// want in its message when given; any other error (the container is
+// gone, ssh failed) means the check did not run, which must not pass.
+func netcheckFailed(err error, cmd, want string) error {
+	msg := err.Error()
+	if !strings.Contains(msg, "netcheck "+cmd+": ") {
+		return fmt.Errorf("the check did not run: %v", err)
+	}
+	if want != "" && !strings.Contains(msg, want) {
+		return fmt.Errorf("netcheck %s failed, but not with %q: %v", cmd, want, err)
+	}
+	return nil
 }

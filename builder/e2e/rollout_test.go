@@ -243,7 +243,9 @@ func scenarioCanaryRollback(t *testing.T, e *clusterEnv) {
 	ctx, cli, versions := e.ctx, e.cli, e.versions
 	ctl := func(args ...string) string { t.Helper(); return e.ctl(t, args...) }
 	ctl("os", "push", versions["0.4.0"].payload)
-	ctl("os", "rollout", "0.4.0", "--max-unavailable", "1", "--canary", "1")
+	// One try: the failing OS boots once, not three times (the count of
+	// tries is TestE2EUpdate's; --tries reaching the updater is this one's).
+	ctl("os", "rollout", "0.4.0", "--max-unavailable", "1", "--canary", "1", "--tries", "1")
 	snap := waitRollout(ctx, t, cli, "canary node-1 rolled back and the rollout paused", 30*time.Minute, func(s rollout.Snapshot) bool {
 		return phasesAre(s, "0.4.0", map[string]rollout.Phase{"node-1": rollout.PhaseRolledBack}) && s.Target.Paused
 	})

@@ -58,12 +58,9 @@ case "$boot" in
 3)
 	berth-update apply $E/v2.oci > /tmp/out 2>&1; say downgrade-exit=$?
 	say downgrade-error=$(tail -1 /tmp/out)
-	berth-update apply $E/v4.oci > /tmp/out 2>&1; say apply-v4-exit=$?
-	;;
-4)
 	berth-update apply $E/v5.oci > /tmp/out 2>&1; say apply-v5-exit=$?
 	;;
-7)
+6)
 	berth-update apply $E/v5.oci > /tmp/out 2>&1; say reapply-v5-exit=$?
 	say reapply-entries=$(entries)
 	;;
@@ -71,8 +68,9 @@ esac
 `
 
 // TestE2EUpdate boots v1, updates to v2 (slot B) and v3 (slot A) through
-// signed payloads on an attached disk, then lets a v4 that fails its
-// health check and a v5 whose init dies roll back by themselves.
+// signed payloads on an attached disk, then lets a v5 whose init dies
+// roll back by itself (0.4.0, whose health check fails, is rolled back
+// on a cluster node by TestE2ECluster's canary-rollback).
 func TestE2EUpdate(t *testing.T) {
 	requireE2E(t)
 	rel := releases(t)
@@ -86,7 +84,7 @@ func TestE2EUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	v1 := rel.versions["0.1.0"].res
-	for _, v := range []string{"0.2.0", "0.3.0", "0.4.0", "0.5.0"} {
+	for _, v := range []string{"0.2.0", "0.3.0", "0.5.0"} {
 		// Hard links: the cluster test boots the same payloads.
 		name := "v" + strings.Split(v, ".")[1] + ".oci"
 		if out, err := exec.Command("cp", "-al", rel.versions[v].payload, filepath.Join(data, name)).CombinedOutput(); err != nil {
@@ -152,29 +150,25 @@ func TestE2EUpdate(t *testing.T) {
 		"apply-v3-exit": "0", "after-v3-entries": "berth-a+3.conf,berth-b.conf,",
 	}, "")
 
-	// 3: v3 from slot A; a downgrade is refused; installs v4 (bad health).
+	// 3: v3 from slot A; a downgrade is refused; installs v5.
 	b3 := boot("v3")
-	expectProbe(t, b3, map[string]string{"slot": "a", "os-version": "0.3.0", "downgrade-exit": "1", "apply-v4-exit": "0"}, "")
+	expectProbe(t, b3, map[string]string{"slot": "a", "os-version": "0.3.0", "downgrade-exit": "1", "apply-v5-exit": "0"}, "")
 
-	// 4: v4 fails its health check on each of its 3 tries; v3 boots again
-	// and reports the rollback with the reason.
-	b4 := boot("v4 rollback")
-	expectProbe(t, b4, map[string]string{"slot": "a", "os-version": "0.3.0", "apply-v5-exit": "0"}, "")
+	// 4: v5's init dies on each of its tries; v3 boots again and says so.
+	// (An OS whose health check fails is rolled back the same way, with
+	// the check's output as the reason: TestE2ECluster's canary-rollback
+	// proves that on a cluster node, so this test does not boot 0.4.0's
+	// three failing tries a second time.)
+	b4 := boot("v5 rollback")
+	expectProbe(t, b4, map[string]string{"slot": "a", "os-version": "0.3.0"}, "")
 	// A boot of the blessed entry is not counted; the state written by the
 	// probed boot before it is there.
 	expectProbe(t, b4, map[string]string{"bless-state": "not-counted", "var-marker": "boot-3", "root-ro": "yes"}, "")
-	if s := b4["update-status"]; !strings.Contains(s, "rolled back from 0.4.0 to 0.3.0") || !strings.Contains(s, "disk on fire") {
-		t.Errorf("status after the v4 rollback does not give the reason: %s", s)
-	}
-
-	// 5: v5's init dies; after its tries v3 boots and says so.
-	b5 := boot("v5 rollback")
-	expectProbe(t, b5, map[string]string{"slot": "a", "os-version": "0.3.0"}, "")
-	if s := b5["update-status"]; !strings.Contains(s, "rolled back from 0.5.0 to 0.3.0") {
+	if s := b4["update-status"]; !strings.Contains(s, "rolled back from 0.5.0 to 0.3.0") {
 		t.Errorf("status after the v5 rollback: %s", s)
 	}
 
-	// 6: the power is cut while v5 is being written again; v3 still boots
+	// 5: the power is cut while v5 is being written again; v3 still boots
 	// and a new apply succeeds.
 	cutPowerDuringApply(t, overlay, vmDir, extra, dataImg, data)
 	b6 := boot("after power cut")
@@ -213,9 +207,9 @@ func updateBoot(t *testing.T, disk, vmDir string, extra []string, name string) (
 // kills qemu once the slot write is under way.
 func cutPowerDuringApply(t *testing.T, disk, vmDir string, extra []string, dataImg, data string) {
 	t.Helper()
-	// The probe sources step.sh by probed-boot number; boot 6 is this one.
+	// The probe sources step.sh by probed-boot number; boot 5 is this one.
 	// berth-update's progress goes straight to the console.
-	step := stepScript + "\ncase \"$boot\" in 6) berth-update apply $E/v5.oci; say not-cut=1;; esac\n"
+	step := stepScript + "\ncase \"$boot\" in 5) berth-update apply $E/v5.oci; say not-cut=1;; esac\n"
 	if err := os.WriteFile(filepath.Join(data, "step.sh"), []byte(step), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -95,6 +95,7 @@ type ClusterNode struct {
 	started   time.Time
 	logOffset int64
 	kernelAt  time.Time
+	ssh       *ssh.Client // the kept connection (Cluster.SSH)
 }
 
 // Paths of a node's files.
@@ -312,6 +313,7 @@ func (c *Cluster) Start(i int) error {
 	if pid := n.pid(); pid != 0 {
 		return fmt.Errorf("%s is running (qemu pid %d)", n.Name, pid)
 	}
+	n.dropSSH(nil)
 	os.Remove(n.pidFile())
 	os.Remove(n.ConsoleSocket())
 	var offset int64
@@ -430,6 +432,7 @@ func (c *Cluster) Kill(i int) error {
 }
 
 func (n *ClusterNode) kill() error {
+	n.dropSSH(nil)
 	pid := n.pid()
 	if pid == 0 {
 		return nil

@@ -32,6 +32,7 @@ func testCluster(n int) *Cluster {
 // accepts: bootstrap on node-1, join node-1 elsewhere.
 func TestDefaultNodeConfigIsValid(t *testing.T) {
 	c := testCluster(3)
+	c.Accel = AccelTCG // emulated nodes also get etcd's slow-machine timing
 	key, err := writeSSHKey(filepath.Join(t.TempDir(), "id_ed25519"))
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +69,9 @@ func TestDefaultNodeConfigIsValid(t *testing.T) {
 		}
 		if ac.Name != fmt.Sprintf("node-%d", i) || ac.ClientURL != fmt.Sprintf("https://10.240.0.%d:2379", 10+i) || ac.Voters != 3 {
 			t.Errorf("node-%d: agent name %q client URL %q voters %d", i, ac.Name, ac.ClientURL, ac.Voters)
+		}
+		if ac.HeartbeatInterval.Duration != 500*time.Millisecond || ac.ElectionTimeout.Duration != 5*time.Second {
+			t.Errorf("node-%d under emulation: heartbeat %s election %s, want 500ms and 5s", i, ac.HeartbeatInterval.Duration, ac.ElectionTimeout.Duration)
 		}
 		if joins := len(ac.Join); (i == 1) != (joins == 0) {
 			t.Errorf("node-%d: join %v: only node-1 bootstraps", i, ac.Join)

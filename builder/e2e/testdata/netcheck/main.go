@@ -3,8 +3,11 @@
 // cluster scenarios run inside containers. Every answer is one line of
 // key=value words, so the tests parse it without guessing.
 //
-//	netcheck serve [-http :8080] [-udp :8081]   HTTP and UDP echo; both answer "host=H client=IP:PORT"
+//	netcheck serve [-http :8080] [-udp :8081]   HTTP and UDP echo; both answer "host=H client=IP:PORT";
+//	                                            GET /bytes?n=N sends N zero bytes (throughput)
 //	netcheck get [-n N] URL                     prints the body; exit 1 on failure
+//	netcheck pull URL                           reads the body, prints "bytes=B seconds=S mib_per_s=R"
+//	netcheck dnsbench [-n N] NAME               looks NAME up N times, prints "lookups=N p50_us=.. p90_us=.. max_us=.."
 //	netcheck udp ADDR MSG                       prints the reply; exit 1 without one
 //	netcheck connect ADDR                       exit 0 when a TCP connect succeeds in time, 1 otherwise
 //	netcheck resolve NAME                       prints the addresses, one a line; exit 1 on failure
@@ -24,6 +27,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +48,10 @@ func main() {
 		err = serve(args)
 	case "get":
 		err = get(args)
+	case "pull":
+		err = pull(args)
+	case "dnsbench":
+		err = dnsbench(args)
 	case "udp":
 		err = udp(args)
 	case "connect":
@@ -66,7 +74,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: netcheck serve|get URL|udp ADDR MSG|connect ADDR|resolve NAME|hog|forkbomb|sleep")
+	fmt.Fprintln(os.Stderr, "usage: netcheck serve|get URL|pull URL|udp ADDR MSG|connect ADDR|resolve NAME|dnsbench NAME|hog|forkbomb|sleep")
 	os.Exit(2)
 }
 
@@ -114,9 +122,83 @@ func serve(args []string) error {
 	}
 	go waitForSignal()
 	fmt.Printf("serving http on %s, udp on %s as %s\n", ln.Addr(), *udpAddr, hostname())
-	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/bytes", sendBytes)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "host=%s client=%s\n", hostname(), r.RemoteAddr)
-	}))
+	})
+	return http.Serve(ln, mux)
+}
+
+// sendBytes answers n (the query's n) zero bytes, for throughput.
+func sendBytes(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+	if err != nil || n < 0 || n > 1<<32 {
+		http.Error(w, "want n=BYTES (0 to 4 GiB)", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	buf := make([]byte, 256<<10)
+	for n > 0 {
+		chunk := min(n, int64(len(buf)))
+		if _, err := w.Write(buf[:chunk]); err != nil {
+			return
+		}
+		n -= chunk
+	}
+}
+
+// pull reads URL's body to the end and reports the rate.
+func pull(args []string) error {
+	if len(args) != 1 {
+		return errors.New("want URL")
+	}
+	// A bulk transfer under emulation takes longer than one answer.
+	c := &http.Client{Timeout: 5 * time.Minute}
+	start := time.Now()
+	resp, err := c.Get(args[0])
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	fmt.Printf("bytes=%d seconds=%.3f mib_per_s=%.2f\n", n, secs, float64(n)/(1<<20)/secs)
+	return nil
+}
+
+// dnsbench looks NAME up N times, one after the other, and reports the
+// answer latency (A and AAAA, as a program's lookup asks).
+func dnsbench(args []string) error {
+	fs := flag.NewFlagSet("dnsbench", flag.ContinueOnError)
+	count := fs.Int("n", 50, "lookups to make")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || *count < 1 {
+		return errors.New("want [-n N>0] NAME")
+	}
+	lat := make([]time.Duration, 0, *count)
+	for range *count {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		start := time.Now()
+		_, err := net.DefaultResolver.LookupHost(ctx, fs.Arg(0))
+		cancel()
+		if err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	at := func(q float64) int64 { return lat[int(q*float64(len(lat)-1))].Microseconds() }
+	fmt.Printf("lookups=%d p50_us=%d p90_us=%d max_us=%d\n", len(lat), at(0.5), at(0.9), lat[len(lat)-1].Microseconds())
+	return nil
 }
 
 // get fetches URL (-n N: N times, as load for a server; the last body is
