@@ -118,7 +118,7 @@ func cmdOSStatus(ctx context.Context, s *session) error {
 		h.row("canary:", strconv.Itoa(t.Canary))
 		h.row("window:", windowText(t.Window))
 		h.row("deadline:", t.Deadline().String())
-		h.row("tries:", fmt.Sprintf("%d boots to pass the health gate", t.BootTries()))
+		h.row("tries:", fmt.Sprintf("%d (boots a node gives the new OS to pass its health gate)", t.BootTries()))
 		revert := ""
 		if t.AutoRevert {
 			revert = ", auto-revert"
