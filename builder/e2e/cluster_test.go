@@ -424,7 +424,7 @@ func scenarioNodeLoss(t *testing.T, e *clusterEnv) {
 	}
 	// An agent that had to be restarted to come up after the power loss
 	// says why in its journal: shown here, so a run tells it.
-	if out, err := c.SSH(ctx, idx, `n=$(systemctl show -P NRestarts berth-agent); echo "restarts=$n"; [ "$n" = 0 ] || journalctl -b -u berth-agent -p warning --no-pager | tail -n 15`); err == nil && !strings.HasPrefix(string(out), "restarts=0") {
+	if out, err := c.SSH(ctx, idx, `n=$(systemctl show -P NRestarts berth-agent); echo "restarts=$n"; [ "$n" = 0 ] || journalctl -b -u berth-agent -o cat --no-pager | grep -v '^{' | grep -i -B2 -A2 'error\|fail\|exit' | head -n 25`); err == nil && !strings.HasPrefix(string(out), "restarts=0") {
 		t.Logf("%s: berth-agent was restarted by systemd during this boot:\n%s", name, out)
 	}
 	// Reachable, and the wrong host name changed nothing.

@@ -311,9 +311,20 @@ func scenarioDeadHolder(t *testing.T, e *clusterEnv) {
 		return phasesAre(s, "0.1.0", map[string]rollout.Phase{victim: rollout.PhaseFailed}) && s.Target.Paused
 	})
 	t.Logf("measured: %s reported failed %.1f s after it was killed (deadline 90 s)", victim, time.Since(killed).Seconds())
-	if len(snap.Holders[rollout.DefaultGroup]) != 0 || len(snap.Holders[rollout.VotersGroup]) != 0 {
-		t.Errorf("the dead holder's reboot slots are still held:\n%s", describe(snap))
+	for group, hs := range snap.Holders {
+		for _, h := range hs {
+			if h.Holder == victim {
+				t.Errorf("the dead holder still holds a reboot slot of %s:\n%s", group, describe(snap))
+			}
+		}
 	}
+	// Another staged node may have taken a slot the moment the dead one's
+	// lease ended, before the leader paused the rollout (seen in CI: node-2
+	// held "all" while its quorum guard refused the voters' slot); with
+	// the rollout paused every slot must be let go.
+	snap = waitRollout(ctx, t, cli, "no reboot slot held while the rollout is paused", 2*time.Minute, func(s rollout.Snapshot) bool {
+		return len(s.Holders[rollout.DefaultGroup]) == 0 && len(s.Holders[rollout.VotersGroup]) == 0
+	})
 	if r := snap.Statuses[victim].Reason; !strings.Contains(r, "did not return") {
 		t.Errorf("%s's failure reason: %q", victim, r)
 	}
