@@ -32,7 +32,7 @@ type DriverOptions struct {
 	Updater Updater
 	// Download makes the payload at ref available on this node (the
 	// cluster registry keeps what it fetched, so peers fetch from here
-	// too); it returns the bytes it read.
+	// too); it returns the bytes of the image.
 	Download func(ctx context.Context, ref string) (int64, error)
 	// Open opens and verifies the downloaded payload for Apply.
 	Open func(ctx context.Context, ref string) (slot.Source, error)
