@@ -1,0 +1,219 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/nodedoc/etcdtest"
+)
+
+// alive puts node's document with a lease, as a live agent does, and
+// returns the lease (revoke it to make the node dead).
+func alive(t *testing.T, cli *clientv3.Client, node string) clientv3.LeaseID {
+	t.Helper()
+	ctx := context.Background()
+	l, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, nodedoc.NodeKey(node), `{}`, clientv3.WithLease(l.ID)); err != nil {
+		t.Fatal(err)
+	}
+	return l.ID
+}
+
+// dies ends node's lease: its document goes, as when its agent stops.
+func dies(t *testing.T, cli *clientv3.Client, l clientv3.LeaseID) {
+	t.Helper()
+	if _, err := cli.Revoke(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPromoteRace: nodes that all find the owner dead promote at the
+// same moment, each with its own client: exactly one wins the next epoch,
+// the others are refused because the winner is alive. 20 volumes, 20 races.
+func TestPromoteRace(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	nodes := []string{"node-1", "node-2", "node-3"}
+	for _, n := range nodes {
+		alive(t, cli, n)
+	}
+	clients := make([]*clientv3.Client, len(nodes))
+	for i := range nodes {
+		clients[i] = e.Client(t)
+	}
+	for round := range 20 {
+		// The owner, node-0, is dead: it has no node document.
+		id := ID{Tenant: "acme", Job: "db", Replica: round, Name: "data"}
+		r := Record{ID: id, SizeBytes: 1 << 30, Owner: "node-0", Epoch: 7}
+		for _, n := range nodes {
+			r.Copies = append(r.Copies, Copy{Node: n, State: UpToDate})
+		}
+		if err := Create(ctx, cli, r); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		results := make([]Record, len(nodes))
+		errs := make([]error, len(nodes))
+		for i, n := range nodes {
+			wg.Go(func() {
+				<-start
+				results[i], errs[i] = PromoteNode(ctx, clients[i], id, n, time.Now())
+			})
+		}
+		close(start)
+		wg.Wait()
+		won := -1
+		for i, err := range errs {
+			switch {
+			case err == nil && won >= 0:
+				t.Fatalf("round %d: %s and %s both promoted: %+v %+v", round, nodes[won], nodes[i], results[won], results[i])
+			case err == nil:
+				won = i
+			case !strings.Contains(err.Error(), "which is alive"):
+				t.Fatalf("round %d: %s refused for another reason: %v", round, nodes[i], err)
+			}
+		}
+		if won < 0 {
+			t.Fatalf("round %d: nobody promoted: %v", round, errs)
+		}
+		stored, err := Get(ctx, cli, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stored.Owner != nodes[won] || stored.Epoch != 8 || results[won].Epoch != 8 {
+			t.Fatalf("round %d: stored owner %s epoch %d, winner %s at epoch %d", round, stored.Owner, stored.Epoch, nodes[won], results[won].Epoch)
+		}
+	}
+	if err := Create(ctx, cli, Record{ID: ID{Tenant: "acme", Job: "db", Name: "data"}}); err == nil || !strings.Contains(err.Error(), "exists already") {
+		t.Errorf("create over an existing volume: %v", err)
+	}
+}
+
+// TestFenceDeposed: a primary cut off from the others fences only while
+// it owns the epoch it acts at; once the peer was promoted (the owner's
+// lease ended) the old primary's fence is refused as deposed and the
+// record keeps the new owner's view.
+func TestFenceDeposed(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	id := ID{Tenant: "acme", Job: "db", Name: "data"}
+	if err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}}); err != nil {
+		t.Fatal(err)
+	}
+	l1 := alive(t, cli, "node-1")
+	alive(t, cli, "node-2")
+	r, err := PromoteNode(ctx, cli, id, "node-1", time.Now())
+	if err != nil || r.Owner != "node-1" || r.Epoch != 1 {
+		t.Fatalf("first promotion: %+v, %v", r, err)
+	}
+	if _, err := PromoteNode(ctx, cli, id, "node-2", time.Now()); err == nil {
+		t.Fatal("node-2 promoted while node-1 is alive")
+	}
+	// node-1 loses node-2 and fences it: node-2's copy is outdated.
+	r, err = FenceNode(ctx, cli, id, "node-1", 1, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := r.Copy("node-2"); c.State != Outdated {
+		t.Fatalf("after the fence node-2 is %s", c.State)
+	}
+	// node-1 dies; node-2 is outdated, so it may not take over.
+	dies(t, cli, l1)
+	if _, err := PromoteNode(ctx, cli, id, "node-2", time.Now()); err == nil || !strings.Contains(err.Error(), "is outdated") {
+		t.Fatalf("outdated node-2 promoted: %v", err)
+	}
+	// node-1 comes back, resyncs node-2 and says so at its epoch.
+	alive(t, cli, "node-1")
+	if _, err := MarkSynced(ctx, cli, id, "node-1", "node-2", 1, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// Now node-1 is partitioned from node-2 and from etcd: its lease ends,
+	// node-2 (up to date) takes over at epoch 2.
+	if _, err := cli.Delete(ctx, nodedoc.NodeKey("node-1")); err != nil {
+		t.Fatal(err)
+	}
+	r, err = PromoteNode(ctx, cli, id, "node-2", time.Now())
+	if err != nil || r.Owner != "node-2" || r.Epoch != 2 {
+		t.Fatalf("node-2 after node-1's lease ended: %+v, %v", r, err)
+	}
+	// node-1's fence handler reaches etcd late: deposed, nothing written.
+	before, _ := Get(ctx, cli, id)
+	if _, err := FenceNode(ctx, cli, id, "node-1", 1, time.Now()); !errors.Is(err, ErrDeposed) {
+		t.Fatalf("old primary's fence: %v, want deposed", err)
+	}
+	after, _ := Get(ctx, cli, id)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("a deposed fence changed the record:\n%+v\n%+v", before, after)
+	}
+}
+
+// TestFenceEtcdUnreachable: with etcd gone the fence fails within its
+// context (the handler then keeps I/O frozen) and says why.
+func TestFenceEtcdUnreachable(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	id := ID{Tenant: "acme", Job: "db", Name: "data"}
+	if err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}, Owner: "node-1", Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// The primary is cut off from etcd: its client reaches no member.
+	cut, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = FenceNode(tctx, cut, id, "node-1", 1, time.Now())
+	if err == nil || errors.Is(err, ErrDeposed) {
+		t.Fatalf("fence with etcd down: %v, want an error that is not deposed", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the fence took %s with a 2 s context", took)
+	}
+	if !strings.Contains(err.Error(), "volume acme/db/0/data") {
+		t.Errorf("error %q does not name the volume", err)
+	}
+	if r, _ := Get(ctx, cli, id); r.Copies[1].State != UpToDate {
+		t.Errorf("a fence that never reached etcd changed the record: %+v", r)
+	}
+}
+
+func TestGetMissingAndMalformed(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	id := ID{Tenant: "acme", Job: "db", Name: "data"}
+	if _, err := Get(ctx, cli, id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing: %v", err)
+	}
+	if _, err := PromoteNode(ctx, cli, id, "node-1", time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("promote missing: %v", err)
+	}
+	cli.Put(ctx, Key(id), "{not json")
+	if _, err := Get(ctx, cli, id); err == nil || !strings.Contains(err.Error(), "parse "+Key(id)) {
+		t.Errorf("malformed: %v", err)
+	}
+	other := id
+	other.Name = "logs"
+	cli.Put(ctx, Key(id), fmt.Sprintf(`{"id":{"tenant":"acme","job":"db","replica":0,"name":"logs"}}`))
+	if _, err := Get(ctx, cli, id); err == nil || !strings.Contains(err.Error(), "holds the record of "+other.String()) {
+		t.Errorf("record under the wrong key: %v", err)
+	}
+}
