@@ -31,6 +31,9 @@ func freshCluster(t *testing.T, cfg qemu.ClusterConfig) *qemu.Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Rollouts reboot nodes: a new qemu per boot saves a minute or two of
+	// firmware each under emulation (see SetColdReboot).
+	c.SetColdReboot(true)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i, n := range c.Nodes {
