@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 90m
 DEB_PACKAGES = mmdebstrap squashfs-tools erofs-utils dosfstools mtools \
 	qemu-system-x86 ovmf qemu-utils gdisk cpio e2fsprogs systemd \
 	systemd-boot-efi busybox-static uidmap ca-certificates \
-	libseccomp-dev runc iproute2 util-linux \
+	libseccomp-dev runc iproute2 util-linux drbd-utils \
 	vagrant vagrant-libvirt
 
 .PHONY: all deps build image boot test unit e2e vet fmt bench clean cluster cluster-down vagrant-box vagrant-validate vagrant-test
