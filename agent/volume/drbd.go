@@ -119,3 +119,9 @@ func FenceExitCode(err error) int {
 	}
 	return FenceFailed
 }
+
+// ResourceOf is the DRBD resource of a record whose two copies' nodes
+// are at addrs (in the order of r.Copies).
+func ResourceOf(r Record, addrs [2]netip.Addr, agent string) Resource {
+	return Resource{Volume: r.ID, Minor: r.Minor, Port: BasePort + r.Minor, Addresses: addrs, Agent: agent}
+}

@@ -111,3 +111,11 @@ func TestFenceExitCode(t *testing.T) {
 		}
 	}
 }
+
+func TestResourceOf(t *testing.T) {
+	r := ResourceOf(Record{ID: ID{Tenant: "acme", Job: "db", Name: "data"}, Minor: 12},
+		[2]netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")}, "/usr/bin/berth-agent")
+	if r.Port != BasePort+12 || r.Minor != 12 || r.Validate() != nil {
+		t.Errorf("%+v: want minor 12 on port %d, valid", r, BasePort+12)
+	}
+}

@@ -49,24 +49,60 @@ func decode(data []byte, id ID) (Record, error) {
 	return r, nil
 }
 
-// Create stores a new record; it fails if the volume exists.
-func Create(ctx context.Context, cli *clientv3.Client, r Record) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encode volume %s: %w", r.ID, err)
-	}
+// Create stores a new record with the lowest free minor (r.Minor is
+// ignored) and returns it; it fails if the volume exists or no minor is
+// left. Record and minor are created in one transaction.
+func Create(ctx context.Context, cli *clientv3.Client, r Record) (Record, error) {
 	key := Key(r.ID)
-	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(data))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("create volume %s: %w", r.ID, err)
+	for range maxConflicts {
+		resp, err := cli.Get(ctx, MinorsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return Record{}, fmt.Errorf("create volume %s: read %s: %w", r.ID, MinorsPrefix, err)
+		}
+		used := map[int]bool{}
+		for _, kv := range resp.Kvs {
+			var m int
+			if _, err := fmt.Sscan(string(kv.Key[len(MinorsPrefix):]), &m); err == nil {
+				used[m] = true
+			}
+		}
+		minor, ok := lowestFree(used, MaxMinor)
+		if !ok {
+			return Record{}, fmt.Errorf("create volume %s: all %d DRBD minors are in use: remove volumes that are no longer needed (berthctl volume rm)", r.ID, MaxMinor+1)
+		}
+		r.Minor = minor
+		data, err := json.Marshal(r)
+		if err != nil {
+			return Record{}, fmt.Errorf("encode volume %s: %w", r.ID, err)
+		}
+		put, err := cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(MinorKey(minor)), "=", 0)).
+			Then(clientv3.OpPut(key, string(data)), clientv3.OpPut(MinorKey(minor), r.ID.String())).
+			Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
+			Commit()
+		if err != nil {
+			return Record{}, fmt.Errorf("create volume %s: %w", r.ID, err)
+		}
+		if put.Succeeded {
+			return r, nil
+		}
+		if len(put.Responses[0].GetResponseRange().Kvs) > 0 {
+			return Record{}, fmt.Errorf("volume %s exists already", r.ID)
+		}
+		// Another volume took the minor first: pick again.
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("volume %s exists already", r.ID)
+	return Record{}, fmt.Errorf("create volume %s: %d other volumes took the free minor first; try again", r.ID, maxConflicts)
+}
+
+// lowestFree is the lowest number in 0..max not in used.
+func lowestFree(used map[int]bool, max int) (int, bool) {
+	for m := 0; m <= max; m++ {
+		if !used[m] {
+			return m, true
+		}
 	}
-	return nil
+	return 0, false
 }
 
 // change reads the record and the node documents of its copies at one

@@ -60,7 +60,7 @@ func TestPromoteRace(t *testing.T) {
 		for _, n := range nodes {
 			r.Copies = append(r.Copies, Copy{Node: n, State: UpToDate})
 		}
-		if err := Create(ctx, cli, r); err != nil {
+		if _, err := Create(ctx, cli, r); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -97,7 +97,7 @@ func TestPromoteRace(t *testing.T) {
 			t.Fatalf("round %d: stored owner %s epoch %d, winner %s at epoch %d", round, stored.Owner, stored.Epoch, nodes[won], results[won].Epoch)
 		}
 	}
-	if err := Create(ctx, cli, Record{ID: ID{Tenant: "acme", Job: "db", Name: "data"}}); err == nil || !strings.Contains(err.Error(), "exists already") {
+	if _, err := Create(ctx, cli, Record{ID: ID{Tenant: "acme", Job: "db", Name: "data"}}); err == nil || !strings.Contains(err.Error(), "exists already") {
 		t.Errorf("create over an existing volume: %v", err)
 	}
 }
@@ -111,7 +111,7 @@ func TestFenceDeposed(t *testing.T) {
 	cli := e.Client(t)
 	ctx := context.Background()
 	id := ID{Tenant: "acme", Job: "db", Name: "data"}
-	if err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}}); err != nil {
+	if _, err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}}); err != nil {
 		t.Fatal(err)
 	}
 	l1 := alive(t, cli, "node-1")
@@ -168,7 +168,7 @@ func TestFenceEtcdUnreachable(t *testing.T) {
 	cli := e.Client(t)
 	ctx := context.Background()
 	id := ID{Tenant: "acme", Job: "db", Name: "data"}
-	if err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}, Owner: "node-1", Epoch: 1}); err != nil {
+	if _, err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}, Owner: "node-1", Epoch: 1}); err != nil {
 		t.Fatal(err)
 	}
 	// The primary is cut off from etcd: its client reaches no member.
@@ -215,5 +215,54 @@ func TestGetMissingAndMalformed(t *testing.T) {
 	cli.Put(ctx, Key(id), fmt.Sprintf(`{"id":{"tenant":"acme","job":"db","replica":0,"name":"logs"}}`))
 	if _, err := Get(ctx, cli, id); err == nil || !strings.Contains(err.Error(), "holds the record of "+other.String()) {
 		t.Errorf("record under the wrong key: %v", err)
+	}
+}
+
+// TestCreateMinors: volumes created at the same moment, each by its own
+// client, get distinct minors, the lowest free ones, each reserved under
+// MinorKey with its volume's name.
+func TestCreateMinors(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	ctx := context.Background()
+	const n = 10
+	got := make([]Record, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		cli := e.Client(t)
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = Create(ctx, cli, Record{ID: ID{Tenant: "acme", Job: "db", Replica: i, Name: "data"}, Minor: 99})
+		})
+	}
+	close(start)
+	wg.Wait()
+	cli := e.Client(t)
+	seen := map[int]bool{}
+	for i, r := range got {
+		if errs[i] != nil {
+			t.Fatalf("volume %d: %v", i, errs[i])
+		}
+		if seen[r.Minor] || r.Minor >= n {
+			t.Fatalf("minor %d given twice or not among the lowest %d: %+v", r.Minor, n, got)
+		}
+		seen[r.Minor] = true
+		resp, err := cli.Get(ctx, MinorKey(r.Minor))
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != r.ID.String() {
+			t.Fatalf("minor %d reserved as %v, %v; want %s", r.Minor, resp, err, r.ID)
+		}
+		if stored, err := Get(ctx, cli, r.ID); err != nil || stored.Minor != r.Minor {
+			t.Fatalf("stored %+v, %v; want minor %d", stored, err, r.Minor)
+		}
+	}
+}
+
+func TestLowestFree(t *testing.T) {
+	if m, ok := lowestFree(map[int]bool{0: true, 1: true, 3: true}, 10); !ok || m != 2 {
+		t.Errorf("lowestFree = %d %v, want 2", m, ok)
+	}
+	if _, ok := lowestFree(map[int]bool{0: true, 1: true}, 1); ok {
+		t.Errorf("lowestFree of a full range: ok")
 	}
 }

@@ -27,7 +27,21 @@ import (
 const (
 	// Prefix holds one Record per replicated volume, at Key.
 	Prefix = nodedoc.Prefix + "storage/volumes/"
+	// MinorsPrefix holds one key per DRBD minor in use, naming its
+	// volume: created with the record in one transaction, so that two
+	// volumes never share a minor (nor the port derived from it).
+	MinorsPrefix = nodedoc.Prefix + "storage/minors/"
 )
+
+// BasePort is the DRBD port of minor 0; a volume listens on
+// BasePort+Minor on both of its nodes.
+const BasePort = 7800
+
+// MaxMinor is the highest minor berth hands out (its port stays a port).
+const MaxMinor = 65535 - BasePort
+
+// MinorKey is the key that reserves a minor.
+func MinorKey(minor int) string { return MinorsPrefix + strconv.Itoa(minor) }
 
 // ID names a job replica's volume: JOB/N/VOLUME of a tenant.
 type ID struct {
@@ -86,6 +100,9 @@ type Copy struct {
 type Record struct {
 	ID        ID    `json:"id"`
 	SizeBytes int64 `json:"size_bytes"`
+	// Minor is the DRBD device /dev/drbdMINOR on both nodes and gives the
+	// port (BasePort+Minor); unique in the cluster (MinorKey).
+	Minor int `json:"minor"`
 	// Copies has one entry per copy: one for a node-local volume, two for
 	// a DRBD pair.
 	Copies []Copy `json:"copies"`
