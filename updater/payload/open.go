@@ -8,14 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -38,8 +42,8 @@ const (
 type Option func(*openOptions)
 
 type openOptions struct {
-	insecure bool
-	remote   []remote.Option
+	insecure  bool
+	transport http.RoundTripper
 }
 
 // WithInsecure allows plain HTTP to a registry that is not on loopback
@@ -47,10 +51,11 @@ type openOptions struct {
 // protects the content; this only gives up the transport's privacy.
 func WithInsecure() Option { return func(o *openOptions) { o.insecure = true } }
 
-// WithRemoteOptions passes options (authentication, transport) to
-// go-containerregistry for registry sources.
-func WithRemoteOptions(opts ...remote.Option) Option {
-	return func(o *openOptions) { o.remote = append(o.remote, opts...) }
+// WithTransport carries a registry source's requests (the agent's TLS
+// set-up, or its in-process registry); the default is
+// http.DefaultTransport. Registries are read anonymously.
+func WithTransport(rt http.RoundTripper) Option {
+	return func(o *openOptions) { o.transport = rt }
 }
 
 // Payload is an opened payload whose manifest has been verified. Its parts
@@ -189,12 +194,41 @@ func readBlob(store blobStore, d v1.Descriptor) ([]byte, error) {
 }
 
 func (p *Payload) open(i int) (io.ReadCloser, error) {
-	part := payloadParts[i]
+	rc, err := p.raw(i)
+	if err != nil {
+		return nil, err
+	}
+	return newVerifyingReader(payloadParts[i].name, *p.Manifest.blobs()[i], rc), nil
+}
+
+func (p *Payload) raw(i int) (io.ReadCloser, error) {
 	rc, err := p.store.blob(p.layers[i])
 	if err != nil {
-		return nil, fmt.Errorf("payload %s: %w", part.name, err)
+		return nil, fmt.Errorf("payload %s: %w", payloadParts[i].name, err)
 	}
-	return newVerifyingReader(part.name, *p.Manifest.blobs()[i], rc), nil
+	return rc, nil
+}
+
+// Part names one of a payload's three parts.
+type Part int
+
+const (
+	PartSlot Part = iota
+	PartKernel
+	PartInitrd
+)
+
+// Unchecked streams a part as stored, without checking it. It is only
+// for a reader that checks size and sha256 against p.Manifest itself as
+// it reads (the slot writer hashes alongside its writes and refuses a
+// mismatch before anything points at the new slot): so each byte is
+// hashed once on its way to the disk. Everything else reads Slot, Kernel
+// and Initrd.
+func (p *Payload) Unchecked(part Part) (io.ReadCloser, error) {
+	if part < PartSlot || part > PartInitrd {
+		return nil, fmt.Errorf("payload: no part %d", part)
+	}
+	return p.raw(int(part))
 }
 
 // Slot streams the slot filesystem. The reader returns io.EOF only after
@@ -252,28 +286,51 @@ func openRegistry(ctx context.Context, ref string, o *openOptions) (blobStore, [
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry reference: %w", err)
 	}
-	ropts := append([]remote.Option{remote.WithContext(ctx)}, o.remote...)
-	desc, err := remote.Get(r, ropts...)
+	rt := o.transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	desc, err := remote.Get(r, remote.WithContext(ctx), remote.WithTransport(rt))
 	if err != nil {
 		return nil, nil, err
 	}
 	if desc.MediaType != types.OCIManifestSchema1 {
 		return nil, nil, fmt.Errorf("%s is a %s, want an OCI image manifest", ref, truncate(string(desc.MediaType)))
 	}
-	return registryStore{repo: r.Context(), opts: ropts}, desc.Manifest, nil
+	// The same round trip go-containerregistry uses (scheme, anonymous
+	// token if the registry asks for one), for blobs read as stored.
+	pull, err := transport.NewWithContext(ctx, r.Context().Registry, authn.Anonymous, rt, []string{r.Context().Scope(transport.PullScope)})
+	if err != nil {
+		return nil, nil, err
+	}
+	return registryStore{ctx: ctx, repo: r.Context(), client: &http.Client{Transport: pull}}, desc.Manifest, nil
 }
 
+// registryStore reads blobs as the registry serves them. It does not
+// hash them: every reader of a part checks size and sha256 against the
+// signed manifest (verifyingReader, or the slot writer for Unchecked),
+// and a second hash here would cost a full pass over 100 MB.
 type registryStore struct {
-	repo name.Repository
-	opts []remote.Option
+	ctx    context.Context
+	repo   name.Repository
+	client *http.Client
 }
 
 func (s registryStore) blob(d v1.Descriptor) (io.ReadCloser, error) {
-	l, err := remote.Layer(s.repo.Digest(d.Digest.String()), s.opts...)
+	u := url.URL{Scheme: s.repo.Scheme(), Host: s.repo.RegistryStr(), Path: "/v2/" + s.repo.RepositoryStr() + "/blobs/" + d.Digest.String()}
+	req, err := http.NewRequestWithContext(s.ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
 	}
-	return l.Compressed()
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	return resp.Body, nil
 }
 
 // fileStore opens the files of an OCI layout: a directory, or a tar of one.

@@ -2,6 +2,7 @@ package slot
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/berth-os/berth/updater/payload"
 )
@@ -55,8 +56,20 @@ func (s System) Unstage(reason string) (string, error) {
 }
 
 // PayloadSource makes an opened, verified payload the Source of Apply.
+// Its parts are read unchecked: Apply hashes every part against the
+// signed manifest while it writes (copyVerified) and refuses a mismatch
+// before any boot entry names the new slot, so each byte is hashed once.
 func PayloadSource(p *payload.Payload) Source { return payloadSource{p} }
 
 type payloadSource struct{ *payload.Payload }
 
 func (s payloadSource) Manifest() payload.Manifest { return s.Payload.Manifest }
+func (s payloadSource) Slot() (io.ReadCloser, error) {
+	return s.Payload.Unchecked(payload.PartSlot)
+}
+func (s payloadSource) Kernel() (io.ReadCloser, error) {
+	return s.Payload.Unchecked(payload.PartKernel)
+}
+func (s payloadSource) Initrd() (io.ReadCloser, error) {
+	return s.Payload.Unchecked(payload.PartInitrd)
+}

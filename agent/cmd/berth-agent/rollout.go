@@ -12,7 +12,6 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berth-os/berth/agent/cluster"
@@ -84,8 +83,7 @@ func rolloutServices(cfg config.Config, opts *cluster.Options, reg *registry.Reg
 			if err != nil {
 				return nil, err
 			}
-			p, err := payload.Open(ctx, payload.PrefixRegistry+ref, keys,
-				payload.WithRemoteOptions(remote.WithTransport(transportFor(ref))))
+			p, err := payload.Open(ctx, payload.PrefixRegistry+ref, keys, payload.WithTransport(transportFor(ref)))
 			if err != nil {
 				return nil, err
 			}
