@@ -66,8 +66,8 @@ type FenceInput struct {
 // owner at Epoch gets ErrDeposed and must keep I/O frozen.
 func Fence(in FenceInput) (Record, error) {
 	r := in.Record.clone()
-	if r.Owner != in.Node || r.Epoch != in.Epoch {
-		return r, fmt.Errorf("volume %s: %s acts at epoch %d but %s owns epoch %d: %w", r.ID, in.Node, in.Epoch, orNone(r.Owner), r.Epoch, ErrDeposed)
+	if err := r.ownedBy(in.Node, in.Epoch); err != nil {
+		return r, err
 	}
 	for i, c := range r.Copies {
 		if c.Node != in.Node && c.State != Outdated {
@@ -91,8 +91,8 @@ type SyncedInput struct {
 // current epoch may say so: it is the one whose writes Peer now holds.
 func Synced(in SyncedInput) (Record, error) {
 	r := in.Record.clone()
-	if r.Owner != in.Node || r.Epoch != in.Epoch {
-		return r, fmt.Errorf("volume %s: %s reports at epoch %d but %s owns epoch %d: %w", r.ID, in.Node, in.Epoch, orNone(r.Owner), r.Epoch, ErrDeposed)
+	if err := r.ownedBy(in.Node, in.Epoch); err != nil {
+		return r, err
 	}
 	i := r.copyOf(in.Peer)
 	if i < 0 || in.Peer == in.Node {
@@ -131,6 +131,14 @@ func Replace(in ReplaceInput) (Record, error) {
 	}
 	r.Copies[i] = Copy{Node: in.New, State: Syncing, Since: in.Now, Reason: "replaces the copy on " + in.Gone}
 	return r, nil
+}
+
+// ownedBy is nil when node owns the record at epoch, ErrDeposed if not.
+func (r Record) ownedBy(node string, epoch int64) error {
+	if r.Owner != node || r.Epoch != epoch {
+		return fmt.Errorf("volume %s: %s acts at epoch %d but %s owns epoch %d: %w", r.ID, node, epoch, orNone(r.Owner), r.Epoch, ErrDeposed)
+	}
+	return nil
 }
 
 func nodesOf(r Record) string {
