@@ -161,3 +161,23 @@ func orNone(s string) string {
 	}
 	return s
 }
+
+// RunnableOn lists the nodes where a replica using the volume may run,
+// best first: the owner while it is alive (its copy is the primary), else
+// every live node whose copy is up to date (one of them promotes). Empty
+// means no live node has the data: the replica waits rather than start
+// on a copy that may miss acknowledged writes.
+func RunnableOn(r Record, alive map[string]bool) []string {
+	if r.Owner != "" && alive[r.Owner] {
+		if _, ok := r.Copy(r.Owner); ok {
+			return []string{r.Owner}
+		}
+	}
+	var nodes []string
+	for _, c := range r.Copies {
+		if c.State == UpToDate && alive[c.Node] {
+			nodes = append(nodes, c.Node)
+		}
+	}
+	return nodes
+}

@@ -144,3 +144,25 @@ func TestKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestRunnableOn(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		rec   Record
+		alive map[string]bool
+		want  string
+	}{
+		{"the live owner only", pair("node-1", 2, UpToDate, UpToDate), map[string]bool{"node-1": true, "node-2": true}, "node-1"},
+		{"owner dead: the up-to-date peer", pair("node-1", 2, UpToDate, UpToDate), map[string]bool{"node-2": true}, "node-2"},
+		{"owner dead, peer outdated: nowhere", pair("node-1", 2, UpToDate, Outdated), map[string]bool{"node-2": true}, ""},
+		{"owner dead, peer syncing: nowhere", pair("node-1", 2, UpToDate, Syncing), map[string]bool{"node-2": true}, ""},
+		{"no owner yet: every live up-to-date copy", pair("", 0, UpToDate, UpToDate), map[string]bool{"node-1": true, "node-2": true}, "node-1 node-2"},
+		{"nothing alive", pair("node-1", 2, UpToDate, UpToDate), nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := strings.Join(RunnableOn(tc.rec, tc.alive), " "); got != tc.want {
+				t.Errorf("RunnableOn = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
