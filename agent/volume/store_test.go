@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -264,5 +265,41 @@ func TestLowestFree(t *testing.T) {
 	}
 	if _, ok := lowestFree(map[int]bool{0: true, 1: true}, 1); ok {
 		t.Errorf("lowestFree of a full range: ok")
+	}
+}
+
+// TestFencePeer: the handler's exit codes on a real etcd: 4 when the
+// owner fences, 6 when deposed (at once, no retries), 1 when etcd is not
+// reached within its time, which it keeps trying until then.
+func TestFencePeer(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	id := ID{Tenant: "acme", Job: "db", Name: "data"}
+	if _, err := Create(ctx, cli, Record{ID: id, Copies: []Copy{{Node: "node-1", State: UpToDate}, {Node: "node-2", State: UpToDate}}, Owner: "node-1", Epoch: 3}); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if code := FencePeer(ctx, cli, id, "node-1", 3, 5*time.Second, log); code != 4 {
+		t.Errorf("the owner's fence: exit %d, want 4", code)
+	}
+	if r, _ := Get(ctx, cli, id); r.Copies[1].State != Outdated {
+		t.Errorf("after the fence node-2 is %s", r.Copies[1].State)
+	}
+	start := time.Now()
+	if code := FencePeer(ctx, cli, id, "node-1", 2, 5*time.Second, log); code != 6 || time.Since(start) > 2*time.Second {
+		t.Errorf("a fence at an old epoch: exit %d after %s, want 6 at once", code, time.Since(start))
+	}
+	cut, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	start = time.Now()
+	if code := FencePeer(ctx, cut, id, "node-1", 3, 2*time.Second, log); code != 1 {
+		t.Errorf("etcd unreachable: exit %d, want 1", code)
+	}
+	if took := time.Since(start); took < 1500*time.Millisecond || took > 6*time.Second {
+		t.Errorf("etcd unreachable: gave up after %s, want about the 2 s it was given", took)
 	}
 }
