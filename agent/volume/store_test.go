@@ -173,15 +173,11 @@ func TestFenceEtcdUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The primary is cut off from etcd: its client reaches no member.
-	cut, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}, DialTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cut.Close()
+	cut := unreachable(t)
 	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err = FenceNode(tctx, cut, id, "node-1", 1, time.Now())
+	_, err := FenceNode(tctx, cut, id, "node-1", 1, time.Now())
 	if err == nil || errors.Is(err, ErrDeposed) {
 		t.Fatalf("fence with etcd down: %v, want an error that is not deposed", err)
 	}
@@ -290,11 +286,7 @@ func TestFencePeer(t *testing.T) {
 	if code := FencePeer(ctx, cli, id, "node-1", 2, 5*time.Second, log); code != 6 || time.Since(start) > 2*time.Second {
 		t.Errorf("a fence at an old epoch: exit %d after %s, want 6 at once", code, time.Since(start))
 	}
-	cut, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}, DialTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cut.Close()
+	cut := unreachable(t)
 	start = time.Now()
 	if code := FencePeer(ctx, cut, id, "node-1", 3, 2*time.Second, log); code != 1 {
 		t.Errorf("etcd unreachable: exit %d, want 1", code)
@@ -302,4 +294,16 @@ func TestFencePeer(t *testing.T) {
 	if took := time.Since(start); took < 1500*time.Millisecond || took > 6*time.Second {
 		t.Errorf("etcd unreachable: gave up after %s, want about the 2 s it was given", took)
 	}
+}
+
+// unreachable is a client of a node cut off from etcd: its endpoint is a
+// loopback port nobody listens on.
+func unreachable(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
