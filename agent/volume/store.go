@@ -207,3 +207,47 @@ func ReplaceCopy(ctx context.Context, cli *clientv3.Client, id ID, gone, newNode
 		return Replace(ReplaceInput{Record: r, Gone: gone, New: newNode, Now: now})
 	})
 }
+
+// List reads every volume's record, sorted by key. A malformed record is
+// reported in errs and left out, so one bad record does not hide the rest.
+func List(ctx context.Context, cli *clientv3.Client) (recs []Record, errs []error, err error) {
+	resp, err := cli.Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", Prefix, err)
+	}
+	for _, kv := range resp.Kvs {
+		id, perr := ParseKey(string(kv.Key))
+		if perr != nil {
+			errs = append(errs, perr)
+			continue
+		}
+		r, derr := decode(kv.Value, id)
+		if derr != nil {
+			errs = append(errs, derr)
+			continue
+		}
+		recs = append(recs, r)
+	}
+	return recs, errs, nil
+}
+
+// Remove deletes a volume's record and frees its minor in one
+// transaction, only if the record is still the one read (a volume
+// promoted or fenced meanwhile is not removed under its new owner's feet).
+func Remove(ctx context.Context, cli *clientv3.Client, id ID) error {
+	r, rev, err := get(ctx, cli, id)
+	if err != nil {
+		return err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(Key(id)), "=", rev)).
+		Then(clientv3.OpDelete(Key(id)), clientv3.OpDelete(MinorKey(r.Minor))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("remove volume %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("remove volume %s: it changed while being removed (a failover or resync); look at it again and retry", id)
+	}
+	return nil
+}

@@ -307,3 +307,38 @@ func unreachable(t *testing.T) *clientv3.Client {
 	t.Cleanup(func() { cli.Close() })
 	return cli
 }
+
+// TestListRemove: List gives every record in key order and reports a
+// malformed one apart; Remove frees the minor for the next volume.
+func TestListRemove(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli := e.Client(t)
+	ctx := context.Background()
+	a := ID{Tenant: "acme", Job: "db", Name: "data"}
+	b := ID{Tenant: "acme", Job: "db", Replica: 1, Name: "data"}
+	ra, err := Create(ctx, cli, Record{ID: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(ctx, cli, Record{ID: b}); err != nil {
+		t.Fatal(err)
+	}
+	cli.Put(ctx, Prefix+"acme/db/x/data", "{}")
+	recs, errs, err := List(ctx, cli)
+	if err != nil || len(recs) != 2 || recs[0].ID != a || recs[1].ID != b || len(errs) != 1 {
+		t.Fatalf("List = %+v, %v, %v; want a, b and one error", recs, errs, err)
+	}
+	if err := Remove(ctx, cli, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Get(ctx, cli, a); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after Remove: %v", err)
+	}
+	if err := Remove(ctx, cli, a); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Remove: %v", err)
+	}
+	c, err := Create(ctx, cli, Record{ID: ID{Tenant: "acme", Job: "web", Name: "cache"}})
+	if err != nil || c.Minor != ra.Minor {
+		t.Errorf("the next volume got minor %d, %v; want the freed %d", c.Minor, err, ra.Minor)
+	}
+}
