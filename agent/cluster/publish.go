@@ -18,7 +18,7 @@ func (a *Agent) newPublisher() *nodedoc.Publisher {
 			host = u.Hostname()
 		}
 		c = &nodedoc.Collector{
-			Name: a.opts.Name, Addresses: []string{host}, ClientURL: a.opts.ClientURL,
+			Name: a.opts.Name, Addresses: nodeAddresses(host, hostLinks()), ClientURL: a.opts.ClientURL,
 			AgentVersion: a.opts.AgentVersion, Started: time.Now(), Log: a.log,
 			Labels: a.opts.Labels, Containers: a.opts.Containers,
 		}

@@ -78,6 +78,7 @@ type testJob struct {
 	args         []string // netcheck's arguments
 	replicas     int
 	memory       string // default 64Mi
+	cpu          string // default 50m
 	pids         int    // 0: the runtime's default
 	restart      string // default always
 	ports        []jobs.Port
@@ -90,7 +91,10 @@ func (j testJob) yaml(image string) string {
 		fmt.Fprintf(&b, ", %q", a)
 	}
 	b.WriteString("]\n")
-	replicas, memory, restart := j.replicas, j.memory, j.restart
+	replicas, memory, restart, cpu := j.replicas, j.memory, j.restart, j.cpu
+	if cpu == "" {
+		cpu = "50m"
+	}
 	if replicas == 0 {
 		replicas = 1
 	}
@@ -100,7 +104,7 @@ func (j testJob) yaml(image string) string {
 	if restart == "" {
 		restart = "always"
 	}
-	fmt.Fprintf(&b, "replicas: %d\nrestart: %s\nstop_timeout_seconds: 2\nresources: {cpu: 50m, memory: %s", replicas, restart, memory)
+	fmt.Fprintf(&b, "replicas: %d\nrestart: %s\nstop_timeout_seconds: 2\nresources: {cpu: %s, memory: %s", replicas, restart, cpu, memory)
 	if j.pids > 0 {
 		fmt.Fprintf(&b, ", pids: %d", j.pids)
 	}

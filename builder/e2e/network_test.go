@@ -124,8 +124,10 @@ func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
 	e.addTenant(t, a)
 	e.addTenant(t, b)
 	start := time.Now()
-	e.submit(t, testJob{name: "web", tenant: a, args: []string{"serve"}, replicas: 3})
-	e.submit(t, testJob{name: "client", tenant: a, args: []string{"serve"}})
+	// web and client get a quarter of a core (the others 50m): enough
+	// that the throughput measured is the network's, not a CPU limit's.
+	e.submit(t, testJob{name: "web", tenant: a, args: []string{"serve"}, replicas: 3, cpu: netCPU})
+	e.submit(t, testJob{name: "client", tenant: a, args: []string{"serve"}, cpu: netCPU})
 	// The published ports have a job of their own: a replica that cannot
 	// start for them must not hide the other assertions.
 	e.submit(t, testJob{name: "pub", tenant: a, args: []string{"serve"},
@@ -208,6 +210,14 @@ func scenarioContainerNetwork(t *testing.T, e *clusterEnv) {
 			out, err := inClient("get", fmt.Sprintf("http://%s:%d/", r.IPv4, httpPort))
 			return answers(out, err, host, client.IPv4)
 		})
+		if r.IPv6 != "" && client.IPv6 != "" {
+			e.check(t, fmt.Sprintf("client -> web-%d by IPv6 address over TCP, seen as itself (%s)", r.Replica, where(r.Node)), 20*time.Second, func() error {
+				out, err := inClient("get", fmt.Sprintf("http://[%s]:%d/", r.IPv6, httpPort))
+				return answers(out, err, host, client.IPv6)
+			})
+		} else {
+			t.Errorf("web-%d (%s) or the client (%s) has no IPv6 address", r.Replica, r.IPv6, client.IPv6)
+		}
 		e.check(t, fmt.Sprintf("client -> %s:%d over TCP, seen as itself (%s)", name, httpPort, where(r.Node)), 20*time.Second, func() error {
 			out, err := inClient("get", fmt.Sprintf("http://%s:%d/", name, httpPort))
 			return answers(out, err, host, client.IPv4)
@@ -409,6 +419,13 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 	})
 }
 
+// The CPU limit of the web and client containers, and the same for the
+// node-side ends of the throughput measurement.
+const (
+	netCPU        = "250m"
+	netCPUPercent = 25
+)
+
 // measureThroughput pulls a bulk HTTP body from web replica r on another
 // node into the client container (the container network: bridge, route
 // between the nodes, bridge), and the same from a netcheck server on r's
@@ -432,7 +449,10 @@ func (e *clusterEnv) measureThroughput(t *testing.T, client, r jobs.ReplicaStatu
 		t.Errorf("throughput: %v", err)
 		return
 	}
-	if _, err := e.c.SSH(e.ctx, serverNode, fmt.Sprintf(`systemd-run --quiet --collect --unit %s %s serve -http :%d -udp ""`, unit, bin, port)); err != nil {
+	// The node-side server and client get the containers' CPU limit, so
+	// that the ratio compares the paths, not the CPU each side may use.
+	quota := fmt.Sprintf("CPUQuota=%d%%", netCPUPercent)
+	if _, err := e.c.SSH(e.ctx, serverNode, fmt.Sprintf(`systemd-run --quiet --collect -p %s --unit %s %s serve -http :%d -udp ""`, quota, unit, bin, port)); err != nil {
 		t.Errorf("throughput: node server: %v", err)
 		return
 	}
@@ -451,7 +471,7 @@ func (e *clusterEnv) measureThroughput(t *testing.T, client, r jobs.ReplicaStatu
 			return
 		}
 		serverIP := e.c.Nodes[serverNode-1].IPv4
-		out, err := e.c.SSH(e.ctx, clientNode, fmt.Sprintf("%s pull http://%s:%d/bytes?n=%d", bin, serverIP, port, size))
+		out, err := e.c.SSH(e.ctx, clientNode, fmt.Sprintf("systemd-run --quiet --scope -p %s %s pull http://%s:%d/bytes?n=%d", quota, bin, serverIP, port, size))
 		n, err := rate(string(out), err)
 		if err != nil {
 			t.Errorf("throughput node to node: %v", err)
@@ -459,8 +479,8 @@ func (e *clusterEnv) measureThroughput(t *testing.T, client, r jobs.ReplicaStatu
 		}
 		best[0], best[1] = max(best[0], c), max(best[1], n)
 	}
-	t.Logf("measured: TCP throughput %s -> %s (direct routes, best of 2 x %d MiB): container to container %.1f MiB/s, node to node %.1f MiB/s, ratio %.2f",
-		r.Node, client.Node, size>>20, best[0], best[1], best[0]/best[1])
+	t.Logf("measured: TCP throughput %s -> %s (direct routes, best of 2 x %d MiB, both ends limited to %s CPU): container to container %.1f MiB/s, node to node %.1f MiB/s, ratio %.2f",
+		r.Node, client.Node, size>>20, netCPU, best[0], best[1], best[0]/best[1])
 }
 
 // netcheckFailed is nil when err is netcheck's own failure of cmd (the
