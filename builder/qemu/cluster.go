@@ -408,9 +408,7 @@ func (c *Cluster) restartOnReboot(i int, n *ClusterNode, started time.Time) {
 	if reason != "guest-reset" {
 		return
 	}
-	for deadline := time.Now().Add(30 * time.Second); n.pid() != 0 && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
+	n.waitExited(30 * time.Second) // start refuses a qemu still running
 	n.life.Lock()
 	defer n.life.Unlock()
 	if n.killed || !n.Started().Equal(started) {
@@ -502,12 +500,20 @@ func (n *ClusterNode) kill() error {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("kill %s (qemu pid %d): %w", n.Name, pid, err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if n.pid() == 0 {
-			return nil
-		}
+	if n.waitExited(10 * time.Second) {
+		return nil
 	}
 	return fmt.Errorf("kill %s: qemu pid %d still there 10 s after SIGKILL", n.Name, pid)
+}
+
+// waitExited waits up to d for the node's qemu to be gone.
+func (n *ClusterNode) waitExited(d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if n.pid() == 0 {
+			return true
+		}
+	}
+	return n.pid() == 0
 }
 
 // Console is what node i's serial console printed since its last Start
