@@ -31,6 +31,11 @@ import (
 // --config is not given; a missing default file is not an error.
 const DefaultPath = "/etc/berth/agent.yaml"
 
+// DefaultRescheduleGrace is how long the scheduler waits after a node's
+// document expired before moving its replicas: the lease TTL is the
+// failure detector, this only absorbs a document re-put a moment late.
+const DefaultRescheduleGrace = 2 * time.Second
+
 // Config is the agent's whole configuration: the YAML file's keys (yaml
 // tags) and the flags (BindFlags) are the same fields. Validate fills the
 // defaults of unset fields, checks every setting and derives the rest.
@@ -139,7 +144,7 @@ func (c *Config) setDefaults() {
 	dur(&c.DefragInterval, time.Hour)
 	dur(&c.NodeRefresh, nodedoc.DefaultRefresh)
 	dur(&c.RestartHold, time.Minute)
-	dur(&c.RescheduleGrace, 10*time.Second)
+	dur(&c.RescheduleGrace, DefaultRescheduleGrace)
 	str(&c.StateDir, "/var/lib/berth")
 	str(&c.Bridge, "berth0")
 	str(&c.ClusterSubnet, subnet.DefaultIPv4)
@@ -512,7 +517,7 @@ func (c *Config) validateWorkloads() error {
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state-dir: %q must be an absolute path", c.StateDir)
 	}
-	if err := c.RescheduleGrace.parse("reschedule-grace", "10s"); err != nil {
+	if err := c.RescheduleGrace.parse("reschedule-grace", DefaultRescheduleGrace.String()); err != nil {
 		return err
 	}
 	if grace := c.RescheduleGrace.Duration; grace < time.Second {

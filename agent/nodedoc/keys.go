@@ -20,8 +20,10 @@ const (
 	// PromotePrefix holds requests to a client node to become a member.
 	PromotePrefix = Prefix + "cluster/promote/"
 
-	// DefaultTTL is the lease TTL of a node document.
-	DefaultTTL = 10 * time.Second
+	// DefaultTTL is the lease TTL of a node document: the failure
+	// detector. Kept alive every TTL/3, so a node survives two lost
+	// keepalives; an etcd leader change extends every lease by its TTL.
+	DefaultTTL = 6 * time.Second
 )
 
 // Roles of a node in RoleEntry and Node.Role.

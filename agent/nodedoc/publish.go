@@ -157,7 +157,9 @@ func (p *Publisher) runLease(ctx context.Context, backoff *retry.Backoff) error 
 			// The channel closes when the lease expired on the server,
 			// was revoked, or no keepalive answer came within the TTL.
 			if !ok {
-				return fmt.Errorf("%w: keepalive of lease %x ended", errLeaseLost, lease)
+				if kaCh, err = p.rekeep(leaseCtx, lease); err != nil {
+					return err
+				}
 			}
 		case <-p.trigger:
 			reason, doc = "trigger", p.document()
@@ -225,6 +227,39 @@ func (p *Publisher) put(ctx context.Context, lease clientv3.LeaseID, reason stri
 		p.OnWrite(reason)
 	}
 	return doc, nil
+}
+
+// rekeep keeps the same lease alive after the client gave up on it. The
+// client closes the keepalive channel when no answer came within the TTL,
+// but the lease may well live on: an etcd leader change extends every
+// lease, and emulated nodes answer late. Granting a new lease instead
+// would let the old one, and the document with it, expire in between,
+// and the scheduler would move this live node's replicas. Only a lease
+// the server no longer has, or etcd silent for another TTL, ends it.
+func (p *Publisher) rekeep(ctx context.Context, lease clientv3.LeaseID) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	deadline := time.Now().Add(p.ttl)
+	backoff := retry.NewBackoff(retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second})
+	for {
+		cctx, cancel := context.WithTimeout(ctx, p.RequestTimeout)
+		_, err := p.cli.KeepAliveOnce(cctx, lease)
+		cancel()
+		switch {
+		case err == nil:
+			ch, err := p.cli.KeepAlive(ctx, lease)
+			if err != nil {
+				return nil, fmt.Errorf("%w: keep lease %x alive: %v", errLeaseLost, lease, err)
+			}
+			p.Log.Info("node document lease kept after a late keepalive answer", "node", p.name, "lease", fmt.Sprintf("%x", lease))
+			return ch, nil
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return nil, fmt.Errorf("%w: lease %x expired on the server", errLeaseLost, lease)
+		case ctx.Err() != nil || time.Now().After(deadline):
+			return nil, fmt.Errorf("%w: keepalive of lease %x ended: %v", errLeaseLost, lease, err)
+		}
+		if !retry.Sleep(ctx, backoff.Next()) {
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // linger re-puts the document, not ready, under a new lease of d (whole

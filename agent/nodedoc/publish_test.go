@@ -405,3 +405,44 @@ func TestPublisherRefreshes(t *testing.T) {
 		t.Fatalf("writes in 3.5s with a 1s refresh: %v, want start then 3 refreshes", reasons)
 	}
 }
+
+// A client whose keepalive answers come later than the TTL (etcd's leader
+// changed, the node was starved) while the server still holds the lease:
+// the publisher keeps that lease, so the document never vanishes and the
+// scheduler never sees a live node as gone.
+func TestPublisherKeepsLeaseAfterLateKeepalive(t *testing.T) {
+	e := etcdtest.Start(t, etcdtest.Options{})
+	cli, stall := e.StalledClient(t)
+	admin := e.Client(t)
+	var role atomic.Value
+	role.Store("voter")
+	p := nodedoc.NewPublisher(cli, "node-4", fixedDoc(&role), 3*time.Second)
+	p.Interval = time.Hour
+	p.Log = quiet
+	startPublisher(t, p)
+	_, lease, _ := getKV(t, admin, nodedoc.NodeKey("node-4"))
+
+	// The server-side lease lives on (as a new leader's extension would
+	// keep it) while the publisher's client hears nothing for 5 s.
+	stall.Hold()
+	for i := 0; i < 10; i++ {
+		if _, err := admin.KeepAliveOnce(context.Background(), clientv3.LeaseID(lease)); err != nil {
+			t.Fatalf("admin keepalive: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	stall.Release()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		_, l, ok := getKV(t, admin, nodedoc.NodeKey("node-4"))
+		if !ok || l != lease {
+			t.Fatalf("after a late keepalive the document went or changed lease (%x -> %x, present %v): a live node looked gone", lease, l, ok)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// And the lease is kept alive from the publisher again, not by admin.
+	time.Sleep(4 * time.Second)
+	if _, l, ok := getKV(t, admin, nodedoc.NodeKey("node-4")); !ok || l != lease {
+		t.Fatalf("lease %x not kept alive after the stall (now %x, present %v)", lease, l, ok)
+	}
+}

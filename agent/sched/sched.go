@@ -28,7 +28,7 @@ import (
 // Options tune a Scheduler; zero values take the defaults.
 type Options struct {
 	Name       string        // value proclaimed in the election (default: host name)
-	Grace      time.Duration // how long a node's document must be gone before its replicas move (default 10s)
+	Grace      time.Duration // how long a node's document must be gone before its replicas move (default 2s)
 	SessionTTL int           // election lease TTL in seconds (default 5): how fast a dead leader is replaced
 	Log        *slog.Logger
 	// Debounce is the quiet time after a change before a placement round
@@ -57,6 +57,7 @@ type Scheduler struct {
 	o      Options
 	leader atomic.Bool
 	rounds atomic.Int64 // placement rounds done, for tests
+	held   string       // why moves were last held, logged once (rounds are serial)
 
 	mu      sync.Mutex
 	session *concurrency.Session // of the current term, for tests
@@ -69,7 +70,7 @@ func New(cli *clientv3.Client, o Options) *Scheduler {
 		o.Name, _ = os.Hostname()
 	}
 	if o.Grace <= 0 {
-		o.Grace = 10 * time.Second
+		o.Grace = 2 * time.Second
 	}
 	if o.SessionTTL <= 0 {
 		o.SessionTTL = 5
@@ -279,7 +280,12 @@ func (d *debouncer) ready(now time.Time) bool {
 func (s *Scheduler) round(ctx context.Context, w *world, l *leadership, now time.Time) error {
 	s.rounds.Add(1)
 	started := time.Now()
-	plan := Place(w.input(now, s.o.Grace, l.rev))
+	in, held := w.input(now, s.o.Grace, l.rev, s.o.Name)
+	if held != "" && held != s.held {
+		s.o.Log.Warn("scheduler holds moves", "why", held)
+	}
+	s.held = held
+	plan := Place(in)
 	units := make([]unit, 0, len(plan.Changes)+len(plan.Placements))
 	for _, c := range plan.Changes {
 		u, err := changeUnit(c)

@@ -426,7 +426,9 @@ func TestJobChanges(t *testing.T) {
 func TestVolumePinning(t *testing.T) {
 	e := etcdtest.Start(t, etcdtest.Options{})
 	cli := e.Client(t)
-	for _, n := range []string{"n1", "n2", "n3"} {
+	// Four nodes: with two of them gone later, most are still there (with
+	// more than half gone the scheduler holds every move, lostNodes).
+	for _, n := range []string{"n1", "n2", "n3", "n4"} {
 		putNode(t, cli, n, 4, 8, nil)
 	}
 	// Replica 0's volume already lives on n3 (an agent wrote this when it

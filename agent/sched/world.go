@@ -194,8 +194,8 @@ func (w *world) deleteAssign(key string, rev int64) {
 // input is the snapshot for Place. Nodes that hold assignments but have no
 // document start their grace period now if it had not started: a new leader
 // waits a full grace period before moving anything.
-func (w *world) input(now time.Time, grace time.Duration, epoch int64) Input {
-	in := Input{Lost: map[string]bool{}, VolumeHomes: w.volumes, Epoch: epoch, Now: now}
+func (w *world) input(now time.Time, grace time.Duration, epoch int64, self string) (Input, string) {
+	in := Input{VolumeHomes: w.volumes, Epoch: epoch, Now: now}
 	for _, n := range w.nodes {
 		in.Nodes = append(in.Nodes, n)
 	}
@@ -210,13 +210,8 @@ func (w *world) input(now time.Time, grace time.Duration, epoch int64) Input {
 		if _, alive := w.nodes[node]; alive {
 			continue
 		}
-		since, ok := w.goneAt[node]
-		if !ok {
+		if _, ok := w.goneAt[node]; !ok {
 			w.goneAt[node] = now
-			continue
-		}
-		if now.Sub(since) >= grace {
-			in.Lost[node] = true
 		}
 	}
 	for node := range w.goneAt {
@@ -224,7 +219,36 @@ func (w *world) input(now time.Time, grace time.Duration, epoch int64) Input {
 			delete(w.goneAt, node) // nothing left to move
 		}
 	}
-	return in
+	var held string
+	in.Lost, held = lostNodes(w.goneAt, len(w.nodes), self, now, grace)
+	return in, held
+}
+
+// lostNodes decides which vanished nodes' replicas move: those gone for
+// the grace period, except
+//   - self, the scheduler's own node: it is running this code, so its
+//     missing document is etcd trouble (a keepalive late after a leader
+//     change), not a dead node;
+//   - all of them while more than half of the nodes are gone at once:
+//     that is a partition or etcd trouble, not deaths, and moving every
+//     replica onto the few nodes left would only make it worse (held
+//     says so, for the log).
+func lostNodes(goneAt map[string]time.Time, alive int, self string, now time.Time, grace time.Duration) (lost map[string]bool, held string) {
+	lost = map[string]bool{}
+	gone := 0
+	for node, since := range goneAt {
+		if node == self {
+			continue
+		}
+		gone++
+		if now.Sub(since) >= grace {
+			lost[node] = true
+		}
+	}
+	if len(lost) > 0 && 2*gone > gone+alive {
+		return map[string]bool{}, fmt.Sprintf("%d of %d nodes are gone at once: moving nothing until more are back (a partition or etcd trouble, not node deaths)", gone, gone+alive)
+	}
+	return lost, ""
 }
 
 // graceDue returns when the next vanished node's grace period ends after

@@ -337,6 +337,32 @@ func (e *clusterEnv) udpFromOutside(addr string) (string, error) {
 	return "", fmt.Errorf("no UDP reply from %s", addr)
 }
 
+// watchNotReady polls the node list until node is not Ready and sends
+// when that was seen (or closes the channel after a minute without).
+func (e *clusterEnv) watchNotReady(node string) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	go func() {
+		defer close(ch)
+		ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
+		defer cancel()
+		for ctx.Err() == nil {
+			if nodes, err := e.c.ListNodes(ctx, e.berthctl); err == nil {
+				for _, n := range nodes {
+					if n.Name == node && n.Status != "Ready" {
+						ch <- time.Now()
+						return
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second): // each poll is a berthctl run: light on the emulated nodes
+			}
+		}
+	}()
+	return ch
+}
+
 // webFailover kills a node holding a web replica (not the client's, so
 // the client keeps asking) and measures until the replica runs elsewhere
 // and until its names answer with the new address. It leaves the node
@@ -356,6 +382,7 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 	killed := time.Now()
 	// node-loss-and-config goes on with the node down (a boot saved).
 	e.down, e.downAt = node, killed
+	notReady := e.watchNotReady(victim.Node)
 	moved := e.waitReplicas(t, "alpha", "web", 5*time.Minute, func(list []jobs.ReplicaStatus) error {
 		if err := allRunning(3)(list); err != nil {
 			return err
@@ -377,6 +404,14 @@ func (e *clusterEnv) webFailover(t *testing.T, web []jobs.ReplicaStatus, client 
 	}
 	slices.Sort(ips)
 	t.Logf("measured: node-%d killed: web-%d running on %s (%s, was %s) %.1f s later", node, victim.Replica, now.Node, now.IPv4, victim.IPv4, time.Since(killed).Seconds())
+	phases := "not seen NotReady"
+	if at, ok := <-notReady; ok {
+		phases = fmt.Sprintf("NotReady after %.1f s", at.Sub(killed).Seconds())
+	}
+	if now.StartedAt != nil { // the new node's clock: qemu keeps guests on the host's time
+		phases += fmt.Sprintf(", container started %.1f s after the kill", now.StartedAt.Sub(killed).Seconds())
+	}
+	t.Logf("measured: node-%d killed: %s", node, phases)
 	name := fmt.Sprintf("r%d.web.alpha.berth", victim.Replica)
 	if e.check(t, fmt.Sprintf("after the failover %s resolves to the new %s", name, now.IPv4), 2*time.Minute, resolves(inClient, name, []string{now.IPv4})) {
 		t.Logf("measured: node-%d killed: %s answers the new address %.1f s later", node, name, time.Since(killed).Seconds())
