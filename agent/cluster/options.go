@@ -58,6 +58,9 @@ type Options struct {
 	// Containers counts the node's running and all containers for the
 	// node document; nil reports zero.
 	Containers func() (running, total int)
+	// VolumePool reports the node's replicated-volume pool for the node
+	// document; nil: none.
+	VolumePool func() *nodedoc.VolumePool
 	// Draining tells whether the node is being emptied for a reboot, for
 	// the node document (the scheduler then moves its replicas away); nil
 	// means never. Call Agent.Republish after it changes.

@@ -20,7 +20,7 @@ func (a *Agent) newPublisher() *nodedoc.Publisher {
 		c = &nodedoc.Collector{
 			Name: a.opts.Name, Addresses: nodeAddresses(host, hostLinks()), ClientURL: a.opts.ClientURL,
 			AgentVersion: a.opts.AgentVersion, Started: time.Now(), Log: a.log,
-			Labels: a.opts.Labels, Containers: a.opts.Containers,
+			Labels: a.opts.Labels, Containers: a.opts.Containers, VolumePool: a.opts.VolumePool,
 		}
 	}
 	var mu sync.Mutex // the publisher may collect from more than one goroutine

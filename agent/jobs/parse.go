@@ -220,7 +220,35 @@ func (d *decoder) volumes(n *yaml.Node) ([]Volume, *yamlnode.Error) {
 	err := d.sequence(n, "volumes", func(i int, item *yaml.Node) *yamlnode.Error {
 		field := fmt.Sprintf("volumes[%d]", i)
 		var v Volume
-		err := d.mapping(item, field, []string{"name", "path"}, func(key string, val *yaml.Node) *yamlnode.Error {
+		sized := ""
+		err := d.mapping(item, field, []string{"name", "path", "size", "size_bytes", "replicas"}, func(key string, val *yaml.Node) *yamlnode.Error {
+			switch key {
+			case "size", "size_bytes":
+				// One field in two spellings, like memory and memory_bytes.
+				if sized != "" {
+					return &yamlnode.Error{Line: val.Line, Field: field + "." + key, Msg: fmt.Sprintf("given together with %s; expected only one of them", sized)}
+				}
+				sized = key
+				if key == "size_bytes" {
+					n, err := integer(val, field+".size_bytes")
+					v.SizeBytes = n
+					return err
+				}
+				s, err := quantity(val, field+".size")
+				if err != nil {
+					return err
+				}
+				b, perr := ParseMemory(s)
+				if perr != nil {
+					return &yamlnode.Error{Line: val.Line, Field: field + ".size", Msg: perr.Error()}
+				}
+				v.SizeBytes = b
+				return nil
+			case "replicas":
+				n, err := integer(val, field+".replicas")
+				v.Replicas = int(n)
+				return err
+			}
 			s, err := str(val, field+"."+key)
 			if key == "name" {
 				v.Name = s

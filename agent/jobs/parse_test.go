@@ -26,6 +26,10 @@ read_only_root: false
 volumes:
   - name: data
     path: /data
+  - name: db
+    path: /var/db
+    size: 2Gi
+    replicas: 2
 ports:
   - container: 8080
     host: 80
@@ -48,7 +52,7 @@ func TestParseJobFull(t *testing.T) {
 		Command: []string{"/bin/httpd"}, Args: []string{"-f", "-p", "8080"},
 		Env:      map[string]string{"GREETING": "hello", "PORT": "8080"},
 		Replicas: 3, Resources: Resources{CPUMillis: 500, MemoryBytes: 256 << 20, Pids: 100},
-		ReadOnlyRoot: ptr(false), Volumes: []Volume{{Name: "data", Path: "/data"}},
+		ReadOnlyRoot: ptr(false), Volumes: []Volume{{Name: "data", Path: "/data"}, {Name: "db", Path: "/var/db", SizeBytes: 2 << 30, Replicas: 2}},
 		Ports:   []Port{{Container: 8080, Host: 80, Protocol: "tcp"}, {Container: 53, Host: 53, Protocol: "udp"}},
 		Restart: RestartOnFailure, NodeSelector: map[string]string{"zone": "a"}, Spread: ptr(false),
 		StopTimeoutSeconds: 30,
@@ -178,7 +182,13 @@ func TestParseJobErrors(t *testing.T) {
 		{base + "volumes:\n  - name: a\n    path: /d\n  - name: a\n    path: /e\n", `j.yaml:9: volumes[1].name: "a" is also the name of volumes[0]`},
 		{base + "volumes:\n  - name: a\n    path: /d\n  - name: b\n    path: /d/e\n", `j.yaml:10: volumes[1].path: "/d/e" is inside volume "a"`},
 		{base + "volumes:\n  - name: Data\n    path: /d\n", `j.yaml:7: volumes[0].name: "Data": character 'D'`},
-		{base + "volumes:\n  - name: a\n    path: /d\n    size: 1Gi\n", "j.yaml:9: volumes[0].size: unknown key; expected one of name, path"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    size: 1Gi\n", "j.yaml:9: volumes[0].size: set on a node-local volume (replicas 1), which is a directory without a size"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    replicas: 2\n", "j.yaml:7: volumes[0].size: missing; a replicated volume is a block device"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    replicas: 3\n    size: 1Gi\n", "j.yaml:9: volumes[0].replicas: 3 copies; expected 1 (on the node) or 2"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    replicas: 2\n    size: 10Mi\n", "j.yaml:10: volumes[0].size: 10Mi is too small; expected at least 64Mi"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    replicas: 2\n    size: 100000000\n", "j.yaml:10: volumes[0].size: 100000000 bytes is not whole MiB"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    size: lots\n", "j.yaml:9: volumes[0].size: \"lots\" is not a size"},
+		{base + "volumes:\n  - name: a\n    path: /d\n    colour: red\n", "j.yaml:9: volumes[0].colour: unknown key; expected one of name, path, size, size_bytes, replicas"},
 		{base + "volumes:\n  - /data\n", `j.yaml:7: volumes[0]: got "/data"; expected a mapping`},
 		{base + "ports:\n  - container: 0\n", "j.yaml:7: ports[0].container: 0 is not a port; expected 1..65535"},
 		{base + "ports:\n  - container: 80\n    host: 70000\n", "j.yaml:8: ports[0].host: 70000 is not a port"},

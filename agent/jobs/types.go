@@ -65,11 +65,22 @@ type Resources struct {
 	Pids        int64 `json:"pids,omitempty"` // 0 = runtime default
 }
 
-// Volume is persistent node-local storage mounted at Path.
+// Volume is persistent storage mounted at Path: a directory on the node
+// (Replicas 0 or 1), or a block device of SizeBytes with ext4 kept on two
+// nodes by DRBD (Replicas 2, agent/volume).
 type Volume struct {
-	Name string `json:"name"`
-	Path string `json:"path"`
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	SizeBytes int64  `json:"size_bytes,omitempty"`
+	Replicas  int    `json:"replicas,omitempty"`
 }
+
+// Replicated tells whether the volume is a synchronous DRBD pair.
+func (v Volume) Replicated() bool { return v.Replicas == 2 }
+
+// MinVolumeSize is the smallest replicated volume: ext4's journal and
+// DRBD's metadata need room.
+const MinVolumeSize = 64 << 20
 
 // Port publishes a container port on the node.
 type Port struct {

@@ -287,6 +287,18 @@ func checkVolumes(vols []Volume) *FieldError {
 		if prev, dup := paths[v.Path]; dup {
 			return fieldErr(f+".path", "%q is also the path of volumes[%d]; expected unique paths", clip(v.Path), prev)
 		}
+		switch {
+		case v.Replicas < 0 || v.Replicas > 2:
+			return fieldErr(f+".replicas", "%d copies; expected 1 (on the node) or 2 (a synchronous pair on two nodes)", v.Replicas)
+		case v.Replicated() && v.SizeBytes == 0:
+			return fieldErr(f+".size", "missing; a replicated volume is a block device: give its size, like 1Gi")
+		case v.Replicated() && v.SizeBytes < MinVolumeSize:
+			return fieldErr(f+".size", "%s is too small; expected at least %s", FormatMemory(v.SizeBytes), FormatMemory(MinVolumeSize))
+		case v.Replicated() && v.SizeBytes%(1<<20) != 0:
+			return fieldErr(f+".size", "%d bytes is not whole MiB; expected like 512Mi or 2Gi", v.SizeBytes)
+		case !v.Replicated() && v.SizeBytes != 0:
+			return fieldErr(f+".size", "set on a node-local volume (replicas %d), which is a directory without a size; drop it or set replicas: 2", max(v.Replicas, 1))
+		}
 		paths[v.Path] = i
 	}
 	// One volume inside another would hide part of it depending on mount order.

@@ -52,8 +52,11 @@ type Collector struct {
 	Draining func() bool
 	// EtcdSpace reports SpaceLow or SpaceFull ("" when fine); nil: "".
 	EtcdSpace func() string
-	Now       func() time.Time
-	Log       *slog.Logger
+	// VolumePool reports the replicated-volume pool; nil or a nil
+	// answer: none.
+	VolumePool func() *VolumePool
+	Now        func() time.Time
+	Log        *slog.Logger
 }
 
 // Collect returns the document, filled as far as the system allows. What
@@ -95,6 +98,9 @@ func (c *Collector) Gather() (Node, error) {
 	}
 	if c.EtcdSpace != nil {
 		n.EtcdSpace = c.EtcdSpace()
+	}
+	if c.VolumePool != nil {
+		n.VolumePool = c.VolumePool()
 	}
 	if n.Agent.Version == "" {
 		n.Agent.Version = "dev"

@@ -21,9 +21,11 @@ const (
 	PromotePrefix = Prefix + "cluster/promote/"
 
 	// DefaultTTL is the lease TTL of a node document: the failure
-	// detector. Kept alive every TTL/3, so a node survives two lost
-	// keepalives; an etcd leader change extends every lease by its TTL.
-	DefaultTTL = 6 * time.Second
+	// detector. Kept alive every TTL/3; an etcd leader change extends
+	// every lease by its TTL. 6 s was tried: under software emulation a
+	// joining learner and etcd leader changes let live nodes' leases
+	// lapse, so 10 s stays.
+	DefaultTTL = 10 * time.Second
 )
 
 // Roles of a node in RoleEntry and Node.Role.

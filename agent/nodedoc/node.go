@@ -48,6 +48,16 @@ type Node struct {
 	// member is past 80% of its quota, SpaceFull under a NOSPACE alarm
 	// (written once writes are possible again, or not at all).
 	EtcdSpace string `json:"etcd_space,omitempty"`
+	// VolumePool is the node's pool for replicated volumes (omitted on a
+	// node that runs no containers).
+	VolumePool *VolumePool `json:"volume_pool,omitempty"`
+}
+
+// VolumePool says how much replicated-volume space a node has: its pool's
+// size and what volumes have not yet been promised.
+type VolumePool struct {
+	SizeBytes int64 `json:"size_bytes"`
+	FreeBytes int64 `json:"free_bytes"`
 }
 
 // OS is the running OS and its update state. Off a berth node (no slot on

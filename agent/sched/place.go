@@ -40,8 +40,13 @@ type Input struct {
 	Jobs        []JobEntry
 	Assignments []jobs.Assignment
 	VolumeHomes map[jobs.ReplicaID]string
-	Epoch       int64
-	Now         time.Time
+	// Copies lists, for replicas with replicated volumes, the live nodes
+	// holding an up-to-date copy of every one of them (the owner first):
+	// the replica runs only there. An empty list: none is alive, the
+	// replica waits for one.
+	Copies map[jobs.ReplicaID][]string
+	Epoch  int64
+	Now    time.Time
 }
 
 // Change is one atomic step: delete Delete (if set) and put Put (if set) in
@@ -286,8 +291,12 @@ func (p *placer) updateInPlace(a jobs.Assignment) bool {
 	return true
 }
 
-// pinnedTo tells whether the replica's volumes live on node.
+// pinnedTo tells whether the replica's volumes live on node, and on no
+// other node it could run on.
 func (p *placer) pinnedTo(id jobs.ReplicaID, j *jobs.Job, node string) bool {
+	if c, ok := p.in.Copies[id]; ok {
+		return len(c) == 1 && c[0] == node
+	}
 	home, ok := p.in.VolumeHomes[id]
 	return ok && len(j.Volumes) > 0 && home == node
 }
@@ -369,6 +378,16 @@ func (p *placer) placeAll(pending []toPlace) {
 
 // choose returns the index in p.order of the best node, or -1.
 func (p *placer) choose(j *jobs.Job, id jobs.ReplicaID, count []int) int {
+	if copies, ok := p.in.Copies[id]; ok {
+		for _, c := range copies { // the owner first: its copy is the primary
+			for i, n := range p.order {
+				if n.Name == c && n.fits(j) {
+					return i
+				}
+			}
+		}
+		return -1
+	}
 	if len(j.Volumes) > 0 {
 		if home, ok := p.in.VolumeHomes[id]; ok {
 			for i, n := range p.order {
@@ -418,6 +437,13 @@ func (p *placer) choose(j *jobs.Job, id jobs.ReplicaID, count []int) int {
 
 // why explains in one line why no node takes a replica of j.
 func (p *placer) why(j *jobs.Job, id jobs.ReplicaID) string {
+	if copies, ok := p.in.Copies[id]; ok {
+		if len(copies) == 0 {
+			return "waiting for a node with an up-to-date copy of its replicated volumes"
+		}
+		return fmt.Sprintf("the nodes with up-to-date copies of its volumes (%s) have no room or take no new replicas: needs %s cpu, %s memory",
+			strings.Join(copies, ", "), jobs.FormatCPU(j.Resources.CPUMillis), jobs.FormatMemory(j.Resources.MemoryBytes))
+	}
 	if len(j.Volumes) > 0 {
 		if home, ok := p.in.VolumeHomes[id]; ok {
 			n, alive := p.nodes[home]

@@ -20,6 +20,7 @@ import (
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/leader"
 	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/volume"
 	"github.com/berth-os/berth/internal/retry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -146,7 +147,7 @@ func (s *Scheduler) lead(ctx context.Context, l *leadership) error {
 }
 
 // watched are the prefixes the scheduler reads.
-var watched = []string{nodedoc.NodesPrefix, jobs.TenantsPrefix, jobs.AssignPrefix, jobs.VolumesPrefix}
+var watched = []string{nodedoc.NodesPrefix, jobs.TenantsPrefix, jobs.AssignPrefix, jobs.VolumesPrefix, volume.Prefix}
 
 // load reads everything at one revision.
 func (s *Scheduler) load(ctx context.Context, w *world) (int64, error) {

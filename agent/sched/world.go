@@ -2,14 +2,17 @@ package sched
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/nodedoc"
+	"github.com/berth-os/berth/agent/volume"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -24,6 +27,7 @@ type world struct {
 	assigns    map[string]revAssign
 	tombs      map[string]int64 // assignment keys this leader deleted, at which revision
 	volumes    map[jobs.ReplicaID]string
+	replicated map[volume.ID]volume.Record
 	placements map[jobs.JobRef]revPlacement
 }
 
@@ -51,6 +55,7 @@ func (w *world) reset() {
 	w.assigns = map[string]revAssign{}
 	w.tombs = map[string]int64{}
 	w.volumes = map[jobs.ReplicaID]string{}
+	w.replicated = map[volume.ID]volume.Record{}
 	w.placements = map[jobs.JobRef]revPlacement{}
 }
 
@@ -127,6 +132,18 @@ func (w *world) put(k, v []byte, rev int64, now time.Time, log *slog.Logger) boo
 		}
 		w.assigns[key] = revAssign{a: a, rev: rev}
 		return true
+	case strings.HasPrefix(key, volume.Prefix):
+		id, err := volume.ParseKey(key)
+		if err != nil {
+			return false
+		}
+		var r volume.Record
+		if err := json.Unmarshal(v, &r); err != nil {
+			log.Warn("unreadable volume record", "key", key, "err", err)
+			return false
+		}
+		w.replicated[id] = r
+		return true
 	case strings.HasPrefix(key, jobs.VolumesPrefix):
 		id, err := jobs.ParseVolumeHomeKey(key)
 		if err != nil {
@@ -172,6 +189,11 @@ func (w *world) del(k []byte, rev int64, now time.Time) bool {
 		}
 		delete(w.assigns, key)
 		return true
+	case strings.HasPrefix(key, volume.Prefix):
+		if id, err := volume.ParseKey(key); err == nil {
+			delete(w.replicated, id)
+			return true
+		}
 	case strings.HasPrefix(key, jobs.VolumesPrefix):
 		if id, err := jobs.ParseVolumeHomeKey(key); err == nil {
 			delete(w.volumes, id)
@@ -219,9 +241,40 @@ func (w *world) input(now time.Time, grace time.Duration, epoch int64, self stri
 			delete(w.goneAt, node) // nothing left to move
 		}
 	}
+	in.Copies = copyNodes(w.replicated, func(n string) bool { _, ok := w.nodes[n]; return ok })
 	var held string
 	in.Lost, held = lostNodes(w.goneAt, len(w.nodes), self, now, grace)
 	return in, held
+}
+
+// copyNodes lists per replica the live nodes with an up-to-date copy of
+// every one of its replicated volumes, the owner first.
+func copyNodes(recs map[volume.ID]volume.Record, alive func(string) bool) map[jobs.ReplicaID][]string {
+	out := map[jobs.ReplicaID][]string{}
+	for id, r := range recs {
+		rid := jobs.ReplicaID{Tenant: id.Tenant, Job: id.Job, Replica: id.Replica}
+		var nodes []string
+		for _, c := range r.Copies {
+			if c.State == volume.UpToDate && alive(c.Node) {
+				nodes = append(nodes, c.Node)
+			}
+		}
+		slices.SortStableFunc(nodes, func(a, b string) int {
+			return cmp.Compare(boolInt(b == r.Owner), boolInt(a == r.Owner))
+		})
+		if prev, ok := out[rid]; ok {
+			nodes = slices.DeleteFunc(nodes, func(n string) bool { return !slices.Contains(prev, n) })
+		}
+		out[rid] = nodes
+	}
+	return out
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // lostNodes decides which vanished nodes' replicas move: those gone for

@@ -71,7 +71,7 @@ func Fence(in FenceInput) (Record, error) {
 	}
 	for i, c := range r.Copies {
 		if c.Node != in.Node && c.State != Outdated {
-			r.Copies[i] = Copy{Node: c.Node, State: Outdated, Since: in.Now, Reason: fmt.Sprintf("fenced by %s at epoch %d: lost the connection", in.Node, in.Epoch)}
+			r.Copies[i] = Copy{Node: c.Node, Address: c.Address, State: Outdated, Since: in.Now, Reason: fmt.Sprintf("fenced by %s at epoch %d: lost the connection", in.Node, in.Epoch)}
 		}
 	}
 	return r, nil
@@ -99,7 +99,7 @@ func Synced(in SyncedInput) (Record, error) {
 		return r, fmt.Errorf("volume %s has no peer copy on %s (copies on %s)", r.ID, in.Peer, nodesOf(r))
 	}
 	if r.Copies[i].State != UpToDate {
-		r.Copies[i] = Copy{Node: in.Peer, State: UpToDate, Since: in.Now, Reason: fmt.Sprintf("resynced from %s at epoch %d", in.Node, in.Epoch)}
+		r.Copies[i] = Copy{Node: in.Peer, Address: r.Copies[i].Address, State: UpToDate, Since: in.Now, Reason: fmt.Sprintf("resynced from %s at epoch %d", in.Node, in.Epoch)}
 	}
 	return r, nil
 }
@@ -110,7 +110,9 @@ type ReplaceInput struct {
 	// Gone is the node whose copy is dropped (dead or drained); New gets
 	// a new copy, built by a full sync from the owner.
 	Gone, New string
-	Now       time.Time
+	// NewAddress is New's replication address.
+	NewAddress string
+	Now        time.Time
 }
 
 // Replace moves a copy off Gone onto New. The owner's copy is never
@@ -129,7 +131,29 @@ func Replace(in ReplaceInput) (Record, error) {
 	case in.New == "":
 		return r, fmt.Errorf("volume %s: no node to take the copy of %s", r.ID, in.Gone)
 	}
-	r.Copies[i] = Copy{Node: in.New, State: Syncing, Since: in.Now, Reason: "replaces the copy on " + in.Gone}
+	r.Copies[i] = Copy{Node: in.New, Address: in.NewAddress, State: Syncing, Since: in.Now, Reason: "replaces the copy on " + in.Gone}
+	return r, nil
+}
+
+// ReleaseInput is what Release decides on.
+type ReleaseInput struct {
+	Record Record
+	// Node gives up ownership at Epoch: its replica stopped here (moved
+	// or removed) and its copy is secondary again.
+	Node  string
+	Epoch int64
+}
+
+// Release clears the owner so that the other copy's node may promote
+// while this one is alive (a planned move). The epoch stays: the next
+// owner takes the one after it. A release by a node that no longer owns
+// the epoch changes nothing.
+func Release(in ReleaseInput) (Record, error) {
+	r := in.Record.clone()
+	if err := r.ownedBy(in.Node, in.Epoch); err != nil {
+		return r, err
+	}
+	r.Owner = ""
 	return r, nil
 }
 

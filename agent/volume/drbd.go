@@ -74,8 +74,10 @@ func (r Resource) Validate() error {
 //     etcd fence); I/O resumes only if it says the peer is outdated.
 //   - after-sb-*: after a split brain nothing is thrown away silently
 //     except a side that wrote nothing; two primaries disconnect.
-//   - after-resync-target: the peer that finished its resync tells etcd
-//     through the owner (Synced).
+//
+// A resynced peer is recorded up to date by the owner's agent, which sees
+// it in /proc/drbd (Local.reconcile), not by a handler on the peer: only
+// the owner may say so (Synced).
 func (r Resource) Config() (string, error) {
 	if err := r.Validate(); err != nil {
 		return "", err
@@ -90,8 +92,7 @@ func (r Resource) Config() (string, error) {
 	fmt.Fprintf(&b, "\tdevice minor %d;\n\tdisk %s;\n\tmeta-disk internal;\n", r.Minor, r.DiskLink())
 	b.WriteString("\tdisk {\n\t\tfencing resource-and-stonith;\n\t\ton-io-error detach;\n\t}\n")
 	b.WriteString("\tnet {\n\t\tprotocol C;\n\t\tafter-sb-0pri discard-zero-changes;\n\t\tafter-sb-1pri discard-secondary;\n\t\tafter-sb-2pri disconnect;\n\t}\n")
-	fmt.Fprintf(&b, "\thandlers {\n\t\tfence-peer \"%s volume fence-peer %s\";\n\t\tafter-resync-target \"%s volume synced %s\";\n\t}\n",
-		r.Agent, r.Volume, r.Agent, r.Volume)
+	fmt.Fprintf(&b, "\thandlers {\n\t\tfence-peer \"%s volume fence-peer %s\";\n\t}\n", r.Agent, r.Volume)
 	for _, a := range r.Addresses {
 		fmt.Fprintf(&b, "\tfloating %s %s;\n", fam, netip.AddrPortFrom(a, uint16(r.Port)))
 	}

@@ -33,7 +33,8 @@ type CopyRequest struct {
 	Keep []string
 	// Spread is the label copies are spread over (DefaultSpreadLabel
 	// when empty). If any node has it, every copy must be in a zone of
-	// its own; nodes without it then take no copy.
+	// its own; the nodes without it count as one more zone (so that
+	// labelling a few nodes never strands the others).
 	Spread string
 }
 
@@ -64,9 +65,11 @@ func PlaceCopies(nodes []NodeSpace, req CopyRequest) ([]string, error) {
 			short = append(short, n.Name+" not ready")
 		case n.FreeBytes < req.SizeBytes:
 			short = append(short, fmt.Sprintf("%s has %s free", n.Name, jobs.FormatMemory(n.FreeBytes)))
-		case zoned && !hasZone:
-			short = append(short, fmt.Sprintf("%s has no %s label", n.Name, label))
 		case zoned && taken[z]:
+			if !hasZone {
+				short = append(short, fmt.Sprintf("%s is, like a node holding a copy, without a %s label", n.Name, label))
+				break
+			}
 			short = append(short, fmt.Sprintf("%s is in %s %s, which holds a copy", n.Name, label, z))
 		default:
 			fit = append(fit, n)

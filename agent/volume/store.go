@@ -194,6 +194,13 @@ func FenceNode(ctx context.Context, cli *clientv3.Client, id ID, node string, ep
 	})
 }
 
+// ReleaseNode gives up node's ownership at epoch (see Release).
+func ReleaseNode(ctx context.Context, cli *clientv3.Client, id ID, node string, epoch int64) (Record, error) {
+	return change(ctx, cli, id, func(r Record, _ map[string]bool) (Record, error) {
+		return Release(ReleaseInput{Record: r, Node: node, Epoch: epoch})
+	})
+}
+
 // MarkSynced records peer's copy up to date (see Synced).
 func MarkSynced(ctx context.Context, cli *clientv3.Client, id ID, node, peer string, epoch int64, now time.Time) (Record, error) {
 	return change(ctx, cli, id, func(r Record, _ map[string]bool) (Record, error) {
@@ -202,9 +209,9 @@ func MarkSynced(ctx context.Context, cli *clientv3.Client, id ID, node, peer str
 }
 
 // ReplaceCopy moves the copy on gone to newNode (see Replace).
-func ReplaceCopy(ctx context.Context, cli *clientv3.Client, id ID, gone, newNode string, now time.Time) (Record, error) {
+func ReplaceCopy(ctx context.Context, cli *clientv3.Client, id ID, gone, newNode, newAddr string, now time.Time) (Record, error) {
 	return change(ctx, cli, id, func(r Record, _ map[string]bool) (Record, error) {
-		return Replace(ReplaceInput{Record: r, Gone: gone, New: newNode, Now: now})
+		return Replace(ReplaceInput{Record: r, Gone: gone, New: newNode, NewAddress: newAddr, Now: now})
 	})
 }
 

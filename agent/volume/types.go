@@ -58,11 +58,20 @@ func (id ID) String() string {
 // Key is the etcd key of the volume's record.
 func Key(id ID) string { return Prefix + id.String() }
 
+// ParseID reads TENANT/JOB/REPLICA/VOLUME (ID.String).
+func ParseID(s string) (ID, error) {
+	id, err := ParseKey(Prefix + s)
+	if err != nil {
+		return ID{}, fmt.Errorf("%q is not TENANT/JOB/REPLICA/VOLUME", s)
+	}
+	return id, nil
+}
+
 // ParseKey is the inverse of Key.
 func ParseKey(key string) (ID, error) {
 	rest, ok := strings.CutPrefix(key, Prefix)
 	parts := strings.Split(rest, "/")
-	if !ok || len(parts) != 4 {
+	if !ok || len(parts) != 4 || parts[0] == "" || parts[1] == "" || parts[3] == "" {
 		return ID{}, fmt.Errorf("key %q: want %s<tenant>/<job>/<replica>/<volume>", key, Prefix)
 	}
 	n, err := strconv.Atoi(parts[2])
@@ -88,8 +97,11 @@ const (
 
 // Copy is one copy of a volume on a node.
 type Copy struct {
-	Node  string    `json:"node"`
-	State CopyState `json:"state"`
+	Node string `json:"node"`
+	// Address is the node's address DRBD replicates over, recorded with
+	// the copy so that a survivor can configure its dead peer.
+	Address string    `json:"address,omitempty"`
+	State   CopyState `json:"state"`
 	// Since is when State last changed.
 	Since time.Time `json:"since"`
 	// Reason says why the state changed (a fence, a resync), for people.

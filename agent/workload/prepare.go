@@ -19,6 +19,7 @@ import (
 	"github.com/berth-os/berth/agent/images"
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/runtime"
+	"github.com/berth-os/berth/agent/volume"
 )
 
 // prepare gets everything a container needs before it runs: the image
@@ -91,7 +92,17 @@ func (m *Manager) prepare(ctx context.Context, w *worker, want *assignment, id s
 		return runtime.Spec{}, fmt.Errorf("image %s has no entrypoint or cmd and the job gives no command", job.Image)
 	}
 	for _, v := range job.Volumes {
-		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: m.volumeDir(w.ref, v.Name), Target: v.Path})
+		src := m.volumeDir(w.ref, v.Name)
+		if v.Replicated() {
+			if m.o.Replicated == nil {
+				return runtime.Spec{}, fmt.Errorf("volume %s: this node cannot hold replicated volumes", v.Name)
+			}
+			id := volume.ID{Tenant: w.ref.Tenant, Job: w.ref.Job, Replica: w.ref.Replica, Name: v.Name}
+			if src, err = m.o.Replicated.Attach(ctx, id, v.SizeBytes); err != nil {
+				return runtime.Spec{}, err
+			}
+		}
+		spec.Mounts = append(spec.Mounts, runtime.Mount{Source: src, Target: v.Path})
 	}
 	if m.o.ResolvConf != nil {
 		file := m.resolvConfPath(id)

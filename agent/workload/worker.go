@@ -129,6 +129,7 @@ func (w *worker) step(ctx context.Context) {
 		if cid != "" {
 			w.m.removeContainer(ctx, cid)
 			w.setCID("", 0, 0)
+			w.m.releaseVolumes(ctx, w.ref)
 		}
 		w.deleteStatus(ctx)
 		return
@@ -371,13 +372,30 @@ func (m *Manager) volumeDir(ref replicaRef, name string) string {
 	return filepath.Join(m.o.VolumesDir, ref.Tenant, ref.Job, strconv.Itoa(ref.Replica), name)
 }
 
+// releaseVolumes gives up the replica's replicated volumes once its
+// container is gone (moved elsewhere, or its job removed).
+func (m *Manager) releaseVolumes(ctx context.Context, ref replicaRef) {
+	if m.o.Replicated == nil {
+		return
+	}
+	if err := m.o.Replicated.Release(ctx, ref.Tenant, ref.Job, ref.Replica); err != nil {
+		m.log.Warn("release replicated volumes", "replica", ref.String(), "err", err)
+	}
+}
+
 // claimVolumes records this node as the home of the replica's volumes the
 // first time they are created, so the scheduler brings the replica back here.
 func (m *Manager) claimVolumes(ctx context.Context, ref replicaRef, vols []jobs.Volume) error {
-	if len(vols) == 0 {
+	var local []jobs.Volume
+	for _, v := range vols {
+		if !v.Replicated() { // a replicated volume's record says where it lives
+			local = append(local, v)
+		}
+	}
+	if len(local) == 0 {
 		return nil
 	}
-	for _, v := range vols {
+	for _, v := range local {
 		if err := os.MkdirAll(m.volumeDir(ref, v.Name), 0o755); err != nil {
 			return fmt.Errorf("volume %s: %w", v.Name, err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/netsetup"
 	"github.com/berth-os/berth/agent/runtime"
+	"github.com/berth-os/berth/agent/volume"
 	"github.com/berth-os/berth/internal/retry"
 )
 
@@ -46,11 +47,24 @@ type Network interface {
 	Detach(id string) error
 }
 
+// ReplicatedVolumes attaches volumes kept on two nodes (replicas: 2;
+// agent/volume.Local implements it).
+type ReplicatedVolumes interface {
+	// Attach makes the volume primary on this node and returns the host
+	// path to mount into the container.
+	Attach(ctx context.Context, id volume.ID, size int64) (string, error)
+	// Release gives up the replica's volumes after its container stopped.
+	Release(ctx context.Context, tenant, job string, replica int) error
+}
+
 // Options configure a Manager.
 type Options struct {
-	Node    string
-	Runtime runtime.Runtime
-	Images  ImageStore
+	// Replicated attaches replicated volumes; nil: a replica that has one
+	// fails to start here, saying so.
+	Replicated ReplicatedVolumes
+	Node       string
+	Runtime    runtime.Runtime
+	Images     ImageStore
 	// Network opens the node's container network on first use; nil gives
 	// containers a loopback-only network namespace.
 	Network func() (Network, error)

@@ -173,6 +173,7 @@ var clusterScenarios = []clusterScenario{
 	{name: "containers-cgroup", run: scenarioContainersCgroup},
 	{name: "container-network", run: scenarioContainerNetwork},
 	{name: "node-loss-and-config", takesDown: true, run: scenarioNodeLoss},
+	{name: "replicated-volume", run: scenarioReplicatedVolume},
 	{name: "rollout", run: scenarioRollout},
 	{name: "canary-rollback", run: scenarioCanaryRollback},
 	{name: "dead-reboot-holder", consumes: true, run: scenarioDeadHolder},

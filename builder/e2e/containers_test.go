@@ -82,6 +82,7 @@ type testJob struct {
 	pids         int    // 0: the runtime's default
 	restart      string // default always
 	ports        []jobs.Port
+	volumes      []jobs.Volume
 }
 
 func (j testJob) yaml(image string) string {
@@ -109,6 +110,16 @@ func (j testJob) yaml(image string) string {
 		fmt.Fprintf(&b, ", pids: %d", j.pids)
 	}
 	b.WriteString("}\n")
+	if len(j.volumes) > 0 {
+		b.WriteString("volumes:\n")
+		for _, v := range j.volumes {
+			fmt.Fprintf(&b, "  - {name: %s, path: %s", v.Name, v.Path)
+			if v.Replicas > 0 {
+				fmt.Fprintf(&b, ", replicas: %d, size: %d", v.Replicas, v.SizeBytes)
+			}
+			b.WriteString("}\n")
+		}
+	}
 	if len(j.ports) > 0 {
 		b.WriteString("ports:\n")
 		for _, p := range j.ports {

@@ -70,7 +70,7 @@ Exit status: 0 stopped cleanly, 1 failed, 2 bad configuration.`, version)
 		}
 		return nil
 	}
-	root.AddCommand(issueCertCmd(), issueOpsCertCmd(), nodeConfigCmd())
+	root.AddCommand(issueCertCmd(), issueOpsCertCmd(), nodeConfigCmd(), volumeCmd())
 	return root
 }
 

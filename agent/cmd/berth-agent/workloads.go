@@ -17,6 +17,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-os/berth/agent/cluster"
 	"github.com/berth-os/berth/agent/config"
@@ -30,6 +31,8 @@ import (
 	"github.com/berth-os/berth/agent/runtime"
 	"github.com/berth-os/berth/agent/sched"
 	"github.com/berth-os/berth/agent/subnet"
+	"github.com/berth-os/berth/agent/volume"
+	"github.com/berth-os/berth/agent/volume/thinpool"
 	"github.com/berth-os/berth/agent/workload"
 	"github.com/berth-os/berth/internal/retry"
 )
@@ -135,8 +138,18 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 	// network whose TCP ports the shim proxies.
 	clusterNet := !cfg.BridgePrefix4.IsValid()
 	var nn *nodenet.Net
+	vols := volume.NewLocal(cfg.Name, &volume.Host{
+		Agent:    "/usr/bin/berth-agent",
+		MountDir: "/run/berth/volumes/mnt",
+		StateDir: filepath.Join(cfg.StateDir, "volume-drbd"),
+		Log:      log.With("component", "volumes"),
+	}, thinpool.Config{
+		Dir:  filepath.Join(cfg.StateDir, "volume-pool"),
+		Size: volumePoolSize(cfg.StateDir),
+		Log:  log.With("component", "volume-pool"),
+	}, log.With("component", "volumes"))
 	mgrOpts := workload.Options{
-		Node: cfg.Name, Runtime: rt, Images: store,
+		Node: cfg.Name, Runtime: rt, Images: store, Replicated: vols,
 		Network:       func() (workload.Network, error) { return openNet() },
 		VolumesDir:    filepath.Join(cfg.StateDir, "volumes"),
 		PortBindIP:    cfg.PortBindIP,
@@ -176,10 +189,11 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		}
 		opts.Services = append(opts.Services, nn.Run)
 	}
-	opts.Services = append(opts.Services, mgr.Run, func(ctx context.Context, cli *clientv3.Client) error {
+	opts.Services = append(opts.Services, vols.Run, mgr.Run, func(ctx context.Context, cli *clientv3.Client) error {
 		s := sched.New(cli, sched.Options{Name: cfg.Name, Grace: cfg.RescheduleGrace.Duration, Log: log.With("component", "scheduler")})
 		return s.Run(ctx)
 	})
+	opts.VolumePool = vols.Space
 	opts.Containers = func() (int, int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -190,6 +204,19 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		mgr.Routes(mux)
 	}
 	return nil
+}
+
+// volumePoolSize is the data size of a new volume pool: half of the
+// state file system, in whole 64 KiB blocks. The file is sparse: space is
+// taken as volumes write, and the state partition also holds images,
+// containers and etcd.
+func volumePoolSize(stateDir string) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(stateDir, &st); err != nil {
+		return 0 // the pool refuses to open, saying so
+	}
+	half := int64(st.Blocks) * st.Bsize / 2
+	return half / thinpool.BlockSize * thinpool.BlockSize
 }
 
 // ensureTenantRoles brings the etcd roles of tenants added by an older

@@ -349,6 +349,13 @@ func (p *Pool) Devices() map[string]Device {
 	return m
 }
 
+// Space is the pool's size and what is not promised to volumes yet.
+func (p *Pool) Space() (size, free int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state.DataSize, max(p.state.DataSize-p.state.Committed(), 0)
+}
+
 // Status reads the pool's usage from the kernel.
 func (p *Pool) Status(ctx context.Context) (Status, error) {
 	out, err := p.c.Run(ctx, "dmsetup", "status", PoolName)

@@ -14,6 +14,9 @@
 //	netcheck hog                                allocates (and touches) memory until killed
 //	netcheck forkbomb [PROG ARGS...]            starts children until that fails, prints how many
 //	netcheck sleep                              does nothing until killed
+//	netcheck commitd [-http :8080] FILE         a minimal database: POST /commit?n=N appends "N" to FILE
+//	                                            and answers "ok n=N" only after fsync (acknowledged);
+//	                                            GET /check?upto=N answers "lines=L missing=M first_missing=F"
 package main
 
 import (
@@ -29,6 +32,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -64,6 +68,8 @@ func main() {
 		err = forkbomb(args)
 	case "sleep":
 		waitForSignal()
+	case "commitd":
+		err = commitd(args)
 	default:
 		usage()
 	}
@@ -74,7 +80,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: netcheck serve|get URL|pull URL|udp ADDR MSG|connect ADDR|resolve NAME|dnsbench NAME|hog|forkbomb|sleep")
+	fmt.Fprintln(os.Stderr, "usage: netcheck serve|get URL|pull URL|udp ADDR MSG|connect ADDR|resolve NAME|dnsbench NAME|hog|forkbomb|sleep|commitd FILE")
 	os.Exit(2)
 }
 
@@ -126,6 +132,82 @@ func serve(args []string) error {
 	mux.HandleFunc("/bytes", sendBytes)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "host=%s client=%s\n", hostname(), r.RemoteAddr)
+	})
+	return http.Serve(ln, mux)
+}
+
+// commitd is the database of the volume scenarios: every commit is on
+// disk (fsync) before it is acknowledged, like a database's commit.
+func commitd(args []string) error {
+	fs := flag.NewFlagSet("commitd", flag.ContinueOnError)
+	httpAddr := fs.String("http", ":8080", "HTTP listen address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("want the log file")
+	}
+	f, err := os.OpenFile(fs.Arg(0), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	go waitForSignal()
+	fmt.Printf("committing to %s, http on %s as %s\n", fs.Arg(0), ln.Addr(), hostname())
+	var mu sync.Mutex
+	mux := http.NewServeMux()
+	mux.HandleFunc("/commit", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || r.Method != http.MethodPost {
+			http.Error(w, "POST /commit?n=N", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := fmt.Fprintf(f, "%d\n", n); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if err := f.Sync(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintf(w, "ok n=%d\n", n)
+	})
+	mux.HandleFunc("/check", func(w http.ResponseWriter, r *http.Request) {
+		upto, err := strconv.ParseInt(r.URL.Query().Get("upto"), 10, 64)
+		if err != nil {
+			http.Error(w, "GET /check?upto=N", http.StatusBadRequest)
+			return
+		}
+		data, err := os.ReadFile(fs.Arg(0))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		seen := map[int64]bool{}
+		lines := strings.Fields(string(data))
+		for _, l := range lines {
+			if v, err := strconv.ParseInt(l, 10, 64); err == nil {
+				seen[v] = true
+			}
+		}
+		missing, first := 0, int64(0)
+		for i := int64(1); i <= upto; i++ {
+			if !seen[i] {
+				if missing == 0 {
+					first = i
+				}
+				missing++
+			}
+		}
+		fmt.Fprintf(w, "lines=%d missing=%d first_missing=%d\n", len(lines), missing, first)
 	})
 	return http.Serve(ln, mux)
 }
