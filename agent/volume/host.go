@@ -100,7 +100,10 @@ func (h *Host) Up(ctx context.Context, rec Record, addrs [2]netip.Addr) (Resourc
 	}
 	marker := filepath.Join(h.StateDir, name+".md")
 	if _, err := os.Stat(marker); errors.Is(err, os.ErrNotExist) {
-		if err := h.drbdadm(ctx, res, "--force", "create-md", name); err != nil {
+		// --force (drbdmeta's, after --): a create-md that ran before a
+		// crash lost the marker must not stop at a question nobody can
+		// answer.
+		if err := h.drbdadm(ctx, res, "--", "--force", "create-md", name); err != nil {
 			return res, fmt.Errorf("volume %s: DRBD metadata: %w", rec.ID, err)
 		}
 		if err := atomicfile.WriteFile(marker, nil, 0o600); err != nil {

@@ -49,11 +49,11 @@ func MetadataSize(data int64) int64 {
 }
 
 // PoolTable is the device-mapper table of the pool over the metadata and
-// data devices. skip_block_zeroing: new volumes are formatted (ext4
-// zeroes what it reads back) and DRBD resyncs whole blocks, so zeroing
-// each block on first write is wasted work.
+// data devices. Blocks are zeroed when first written (the kernel's
+// default, no skip_block_zeroing): a block freed by one tenant's removed
+// volume must never be read back by another's new one.
 func PoolTable(meta, data string, dataBytes int64) string {
-	return fmt.Sprintf("0 %d thin-pool %s %s %d 0 1 skip_block_zeroing", dataBytes/sector, meta, data, BlockSize/sector)
+	return fmt.Sprintf("0 %d thin-pool %s %s %d 0", dataBytes/sector, meta, data, BlockSize/sector)
 }
 
 // ThinTable is the table of thin device id of size bytes in the pool.
