@@ -155,7 +155,12 @@ func NewCommand(ctx context.Context, sys IO, version string) *cobra.Command {
 		cmd("resume", "Continue a paused rollout", noArgs, cmdOSResume, "resume"),
 		abort)
 
-	root.AddCommand(run, logs, tenant, image, registry, osCmd)
+	vol := group("volume", "The tenant's replicated volumes (replicas: 2)", "")
+	vol.AddCommand(
+		cmd("ls", "List replicated volumes: VOLUME SIZE OWNER EPOCH HEALTH COPIES", noArgs, cmdVolumeLs),
+		cmd("inspect JOB/REPLICA/VOLUME", "Print one volume's record: copies, states, owner, epoch", exactArgs(1), cmdVolumeInspect),
+	)
+	root.AddCommand(run, logs, tenant, image, registry, osCmd, vol)
 
 	// version also asks the cluster which versions its agents run.
 	for _, c := range root.Commands() {

@@ -10,6 +10,7 @@ import (
 	"github.com/berth-os/berth/agent/jobs"
 	"github.com/berth-os/berth/agent/nodedoc"
 	"github.com/berth-os/berth/agent/registry"
+	"github.com/berth-os/berth/agent/volume"
 )
 
 // TenantGrant is one key range of a tenant's etcd role.
@@ -38,6 +39,7 @@ func TenantGrants(tenant string) []TenantGrant {
 		prefix("shared image tags", registry.TagNamespacePrefix(jobs.SharedNamespace), read),
 		prefix("registry credentials", jobs.RegistryAuthPrefix(tenant), rw), // outside /berth/v1/: ops cannot read it
 		prefix("node addresses", nodedoc.RolesPrefix, read),
+		prefix("replicated volumes", volume.Prefix+tenant+"/", read),
 	}
 }
 

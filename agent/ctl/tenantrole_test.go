@@ -86,7 +86,7 @@ func TestTenantRolesReadLibraryTags(t *testing.T) {
 	}
 
 	fixed, err := ctl.EnsureTenantRoles(ctx, root)
-	want := []ctl.TenantRoleFix{{Tenant: "globex", Granted: []string{"own image tags", "shared image tags", "registry credentials"}}}
+	want := []ctl.TenantRoleFix{{Tenant: "globex", Granted: []string{"own image tags", "shared image tags", "registry credentials", "replicated volumes"}}}
 	if err != nil || !slices.EqualFunc(fixed, want, func(a, b ctl.TenantRoleFix) bool { return a.Tenant == b.Tenant && slices.Equal(a.Granted, b.Granted) }) {
 		t.Fatalf("EnsureTenantRoles = %+v, %v; want %+v", fixed, err, want)
 	}

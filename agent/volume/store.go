@@ -215,6 +215,24 @@ func ReplaceCopy(ctx context.Context, cli *clientv3.Client, id ID, gone, newNode
 	})
 }
 
+// ListTenant reads the tenant's volume records, sorted by key; malformed
+// ones are left out.
+func ListTenant(ctx context.Context, cli *clientv3.Client, tenant string) ([]Record, error) {
+	resp, err := cli.Get(ctx, Prefix+tenant+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("read volumes of %s: %w", tenant, err)
+	}
+	var recs []Record
+	for _, kv := range resp.Kvs {
+		if id, err := ParseKey(string(kv.Key)); err == nil {
+			if r, err := decode(kv.Value, id); err == nil {
+				recs = append(recs, r)
+			}
+		}
+	}
+	return recs, nil
+}
+
 // List reads every volume's record, sorted by key. A malformed record is
 // reported in errs and left out, so one bad record does not hide the rest.
 func List(ctx context.Context, cli *clientv3.Client) (recs []Record, errs []error, err error) {
