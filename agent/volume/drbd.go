@@ -28,6 +28,9 @@ type Resource struct {
 	// Minor is the device /dev/drbdMINOR on both nodes; Port the TCP
 	// port both listen on. Both are the volume's in the cluster.
 	Minor, Port int
+	// SizeBytes is the volume's size (for metrics; DRBD takes the
+	// backing device's).
+	SizeBytes int64
 	// Addresses are the two nodes' addresses (one family); each node
 	// finds its own section by its address (DRBD's "floating").
 	Addresses [2]netip.Addr
@@ -124,5 +127,5 @@ func FenceExitCode(err error) int {
 // ResourceOf is the DRBD resource of a record whose two copies' nodes
 // are at addrs (in the order of r.Copies).
 func ResourceOf(r Record, addrs [2]netip.Addr, agent string) Resource {
-	return Resource{Volume: r.ID, Minor: r.Minor, Port: BasePort + r.Minor, Addresses: addrs, Agent: agent}
+	return Resource{Volume: r.ID, Minor: r.Minor, Port: BasePort + r.Minor, SizeBytes: r.SizeBytes, Addresses: addrs, Agent: agent}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,9 @@ type Local struct {
 	Log  *slog.Logger
 	// Every is how often Run looks at the records (default 2 s).
 	Every time.Duration
+
+	mu     sync.Mutex
+	onNode map[ID]Resource // this node's copies as the last reconcile saw them, for metrics
 
 	ready   chan struct{} // closed once Run has a client and tried the pool
 	cli     *clientv3.Client
@@ -248,6 +252,12 @@ func (l *Local) reconcile(ctx context.Context, cli *clientv3.Client, applied map
 		l.log().Debug("volumes: list", "err", err)
 		return
 	}
+	here := map[ID]Resource{}
+	defer func() {
+		l.mu.Lock()
+		l.onNode = here
+		l.mu.Unlock()
+	}()
 	for _, rec := range recs {
 		if _, ok := rec.Copy(l.Node); !ok {
 			continue
@@ -257,6 +267,7 @@ func (l *Local) reconcile(ctx context.Context, cli *clientv3.Client, applied map
 			continue
 		}
 		res := ResourceOf(rec, addrs, l.Host.Agent)
+		here[rec.ID] = res
 		conf, _ := res.Config()
 		st, err := l.Host.State(res)
 		if err != nil {
@@ -284,6 +295,13 @@ func (l *Local) reconcile(ctx context.Context, cli *clientv3.Client, applied map
 			}
 		}
 	}
+}
+
+// copies is this node's copies as the last reconcile saw them.
+func (l *Local) copies() map[ID]Resource {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.onNode
 }
 
 func (l *Local) log() *slog.Logger {

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
@@ -148,6 +149,11 @@ func workloads(cfg config.Config, opts *cluster.Options, reg *nodeRegistry, log 
 		Size: volumePoolSize(cfg.StateDir),
 		Log:  log.With("component", "volume-pool"),
 	}, log.With("component", "volumes"))
+	// One agent per process on nodes; tests run several, and only the
+	// first one's volumes are on /metrics then.
+	if err := prometheus.Register(vols); err != nil {
+		log.Debug("volume metrics not registered", "err", err)
+	}
 	mgrOpts := workload.Options{
 		Node: cfg.Name, Runtime: rt, Images: store, Replicated: vols,
 		Network:       func() (workload.Network, error) { return openNet() },
