@@ -32,9 +32,11 @@ import (
 const DefaultPath = "/etc/berth/agent.yaml"
 
 // DefaultRescheduleGrace is how long the scheduler waits after a node's
-// document expired before moving its replicas: the lease TTL is the
-// failure detector, this only absorbs a document re-put a moment late.
-const DefaultRescheduleGrace = 2 * time.Second
+// document expired before moving its replicas. 2 s was tried: on
+// software-emulated nodes a live node's lease lapsed and its document was
+// back within seconds, and the full CI run moved its replicas; 10 s
+// absorbs that.
+const DefaultRescheduleGrace = 10 * time.Second
 
 // Config is the agent's whole configuration: the YAML file's keys (yaml
 // tags) and the flags (BindFlags) are the same fields. Validate fills the

@@ -138,7 +138,7 @@ bridge: br-file
 		t.Fatal(err)
 	}
 	if d.DataDir != "/var/lib/berth/agent" || d.Voters != 3 || d.DeadAfter.Duration != 30*time.Second || d.ElectionTimeout.Duration != time.Second ||
-		d.EtcdQuota.Bytes != 2<<30 || d.RescheduleGrace.Duration != 2*time.Second || d.NodeTTL.Duration != 10*time.Second || !d.RunContainers() || d.Bridge != "berth0" ||
+		d.EtcdQuota.Bytes != 2<<30 || d.RescheduleGrace.Duration != 10*time.Second || d.NodeTTL.Duration != 10*time.Second || !d.RunContainers() || d.Bridge != "berth0" ||
 		d.BridgePrefix4.IsValid() || d.BridgePrefix6.IsValid() || d.IPv6Off() || d.PeerURL != "https://10.0.0.5:2380" ||
 		d.ClusterRanges.IPv4.String() != "10.88.0.0/16" || d.ClusterRanges.NodeBits4 != 24 || d.ClusterRanges.IPv6.IsValid() ||
 		d.ClusterRanges.ReclaimAfter() != 24*time.Hour ||

@@ -29,7 +29,7 @@ import (
 // Options tune a Scheduler; zero values take the defaults.
 type Options struct {
 	Name       string        // value proclaimed in the election (default: host name)
-	Grace      time.Duration // how long a node's document must be gone before its replicas move (default 2s)
+	Grace      time.Duration // how long a node's document must be gone before its replicas move (default 10s)
 	SessionTTL int           // election lease TTL in seconds (default 5): how fast a dead leader is replaced
 	Log        *slog.Logger
 	// Debounce is the quiet time after a change before a placement round
@@ -71,7 +71,7 @@ func New(cli *clientv3.Client, o Options) *Scheduler {
 		o.Name, _ = os.Hostname()
 	}
 	if o.Grace <= 0 {
-		o.Grace = 2 * time.Second
+		o.Grace = 10 * time.Second
 	}
 	if o.SessionTTL <= 0 {
 		o.SessionTTL = 5
