@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,7 +69,7 @@ func (h *Host) Mountpoint(r Resource) string {
 	return filepath.Join(h.MountDir, ResourceName(r.Volume))
 }
 
-func (h *Host) epochFile(id ID) string {
+func epochFile(id ID) string {
 	return filepath.Join(ResourceDir, ResourceName(id)+".epoch")
 }
 
@@ -175,7 +176,7 @@ const FreshConnectWithin = 90 * time.Second
 // at this epoch.
 func (h *Host) Promote(ctx context.Context, res Resource, epoch int64) (string, error) {
 	name := ResourceName(res.Volume)
-	if err := atomicfile.WriteFile(h.epochFile(res.Volume), []byte(strconv.FormatInt(epoch, 10)+"\n"), 0o600); err != nil {
+	if err := atomicfile.WriteFile(epochFile(res.Volume), []byte(strconv.FormatInt(epoch, 10)+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("volume %s: %w", res.Volume, err)
 	}
 	d, err := h.State(res)
@@ -254,7 +255,7 @@ func (h *Host) Down(ctx context.Context, res Resource) error {
 	if err := h.Pool.Remove(ctx, name); err != nil {
 		return err
 	}
-	for _, f := range []string{res.DiskLink(), res.File(), h.epochFile(res.Volume), filepath.Join(h.StateDir, name+".md")} {
+	for _, f := range []string{res.DiskLink(), res.File(), epochFile(res.Volume), filepath.Join(h.StateDir, name+".md")} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
@@ -265,22 +266,15 @@ func (h *Host) Down(ctx context.Context, res Resource) error {
 // Epoch reads the epoch this node promoted the volume at (for the
 // fence-peer handler, a separate process).
 func Epoch(id ID) (int64, error) {
-	data, err := os.ReadFile(filepath.Join(ResourceDir, ResourceName(id)+".epoch"))
+	data, err := os.ReadFile(epochFile(id))
 	if err != nil {
 		return 0, fmt.Errorf("volume %s: this node never promoted it: %w", id, err)
 	}
-	n, err := strconv.ParseInt(string(trimNL(data)), 10, 64)
+	n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("volume %s: epoch file: %w", id, err)
 	}
 	return n, nil
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 func (h *Host) log() *slog.Logger {
